@@ -1,0 +1,2 @@
+//! The invoicing example.
+fn main() {}

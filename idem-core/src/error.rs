@@ -1,0 +1,66 @@
+use std::time::Duration;
+
+/// Everything that can go wrong in idem's core protocols.
+///
+/// Messages say what to do. Database crates wrap this type together with
+/// their driver's errors.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A stored value is no state of the enum (a row written by other code,
+    /// or a variant that was removed).
+    #[error(
+        "`{value}` is not a state of {type_name}: the column holds a value the enum does not know \
+         (add the variant or a `rename`, or correct the row)"
+    )]
+    UnknownState {
+        /// The enum's name.
+        type_name: &'static str,
+        /// The value found.
+        value: String,
+    },
+
+    /// A transition of a state machine without a table binding was applied
+    /// to a database.
+    #[error(
+        "{type_name}::{transition} has no table binding: add \
+         #[state_machine(table = \"...\", column = \"...\", key = \"...\")] to the enum"
+    )]
+    NoTable {
+        /// The enum's name.
+        type_name: &'static str,
+        /// The transition's name.
+        transition: &'static str,
+    },
+
+    /// An idempotency key that is empty, longer than 255 bytes or not
+    /// visible ASCII (HTTP 400).
+    #[error(
+        "invalid idempotency key: {reason}; send 1 to 255 visible ASCII characters, e.g. a UUID"
+    )]
+    InvalidKey {
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+
+    /// The key was used before with a different request payload (HTTP 422).
+    #[error(
+        "this idempotency key was already used with a different request payload; \
+         send a new key for a new request"
+    )]
+    KeyReused,
+
+    /// A request with the same key is still running (HTTP 409).
+    #[error("a request with this idempotency key is in progress; retry after {retry_after:?}")]
+    InProgress {
+        /// How long until its lease expires.
+        retry_after: Duration,
+    },
+
+    /// An event id that is empty or too long.
+    #[error("invalid event id: {reason}")]
+    InvalidEventId {
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+}

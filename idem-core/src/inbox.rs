@@ -1,0 +1,1 @@
+//! The deduplication inbox protocol for event consumers.

@@ -1,0 +1,2 @@
+//! Idempotency keys: the key, its scope, the request fingerprint and the
+//! store protocol.

@@ -1,0 +1,47 @@
+/// Everything that can go wrong in idem-sqlx.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// An error of idem's model (unknown stored state, missing table
+    /// binding, invalid key, ...).
+    #[error(transparent)]
+    Core(#[from] idem_core::Error),
+
+    /// A serialization failure, deadlock or busy database inside a
+    /// transaction the caller owns: roll it back and run it again.
+    #[error(
+        "transient database conflict (serialization failure, deadlock or busy database): \
+         roll the transaction back and run it again: {0}"
+    )]
+    Retryable(#[source] sqlx::Error),
+
+    /// idem retried a transaction it owns on transient conflicts and gave up.
+    #[error(
+        "gave up after {attempts} attempts that each hit a transient database conflict; \
+         the contention is too high or the retry policy too short: {source}"
+    )]
+    RetriesExhausted {
+        /// How many times the transaction ran.
+        attempts: u32,
+        /// The last conflict.
+        #[source]
+        source: sqlx::Error,
+    },
+
+    /// Any other database error.
+    #[error("database error: {0}")]
+    Database(#[source] sqlx::Error),
+}
+
+/// The error of an operation that runs a user handler (`apply_with`,
+/// `Inbox::process`): either the handler's own error, returned as it was,
+/// or idem's.
+#[derive(Debug, thiserror::Error)]
+pub enum HandlerError<E> {
+    /// The handler failed; everything it and idem wrote was rolled back.
+    #[error("handler failed (its writes and the state change were rolled back): {0}")]
+    Handler(#[source] E),
+    /// idem or the database failed.
+    #[error(transparent)]
+    Idem(#[from] Error),
+}
