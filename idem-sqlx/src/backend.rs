@@ -19,6 +19,11 @@ pub trait Backend: sqlx::Database {
     /// The SQL dialect of the compiled statements to send.
     const DIALECT: Dialect;
 
+    /// The statement that opens a transaction idem owns and will write in
+    /// (`BEGIN IMMEDIATE` on SQLite, so the write lock is taken up front and
+    /// a busy database waits on the busy timeout instead of failing).
+    const BEGIN_WRITE: &'static str;
+
     /// Classifies a driver error.
     fn error_kind(error: &sqlx::Error) -> ErrorKind;
 }

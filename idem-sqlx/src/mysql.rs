@@ -6,6 +6,7 @@ use crate::{Backend, ErrorKind};
 
 impl Backend for MySql {
     const DIALECT: Dialect = Dialect::MySql;
+    const BEGIN_WRITE: &'static str = "BEGIN";
 
     fn error_kind(error: &sqlx::Error) -> ErrorKind {
         let Some(db) = error.as_database_error() else {

@@ -5,6 +5,7 @@ use crate::{Backend, ErrorKind};
 
 impl Backend for Postgres {
     const DIALECT: Dialect = Dialect::Postgres;
+    const BEGIN_WRITE: &'static str = "BEGIN";
 
     fn error_kind(error: &sqlx::Error) -> ErrorKind {
         let Some(db) = error.as_database_error() else {

@@ -5,6 +5,7 @@ use crate::{Backend, ErrorKind};
 
 impl Backend for Sqlite {
     const DIALECT: Dialect = Dialect::Sqlite;
+    const BEGIN_WRITE: &'static str = "BEGIN IMMEDIATE";
 
     fn error_kind(error: &sqlx::Error) -> ErrorKind {
         let Some(db) = error.as_database_error() else {
