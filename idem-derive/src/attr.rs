@@ -1,0 +1,281 @@
+//! Parses `#[state_machine(...)]` on the enum and on its variants.
+
+use proc_macro2::TokenStream;
+use syn::ext::IdentExt;
+use syn::meta::ParseNestedMeta;
+use syn::parse::{Parse, ParseStream};
+use syn::{Attribute, Ident, LitStr, Token};
+
+use crate::case::RenameRule;
+use crate::ctxt::Ctxt;
+
+const ENUM_KEYS: &str = "table, column, key, history, rename_all, transitions, assign, crate";
+const VARIANT_KEYS: &str = "initial, rename";
+
+/// A key that may be given once. Remembers where, for "first defined here".
+struct Once<T> {
+    key: &'static str,
+    value: Option<(syn::Path, T)>,
+}
+
+impl<T> Once<T> {
+    fn new(key: &'static str) -> Self {
+        Once { key, value: None }
+    }
+
+    fn set(&mut self, cx: &Ctxt, path: &syn::Path, value: T) {
+        match &self.value {
+            Some((first, _)) => cx.duplicate(
+                path,
+                first,
+                format!("duplicate `{}` key: give it once", self.key),
+            ),
+            None => self.value = Some((path.clone(), value)),
+        }
+    }
+
+    fn get(self) -> Option<T> {
+        self.value.map(|(_, value)| value)
+    }
+}
+
+/// The enum's `#[state_machine(...)]` attributes.
+pub(crate) struct Container {
+    pub table: Option<LitStr>,
+    pub column: Option<LitStr>,
+    pub key: Option<LitStr>,
+    pub history: Option<LitStr>,
+    pub rename_all: Option<RenameRule>,
+    /// The `transitions` keyword (for spans) and the list.
+    pub transitions: Option<(syn::Path, Vec<TransitionDef>)>,
+    pub assigns: Vec<Assign>,
+    pub krate: Option<syn::Path>,
+}
+
+/// `name: A | B -> C` or `name: _ -> C`.
+pub(crate) struct TransitionDef {
+    pub name: Ident,
+    pub sources: Sources,
+    pub target: Ident,
+}
+
+pub(crate) enum Sources {
+    /// `_`: every state except the target.
+    Any(Token![_]),
+    States(Vec<Ident>),
+}
+
+/// One `column = "SQL expression"` of `assign(transition, ...)`.
+pub(crate) struct Assign {
+    pub transition: Ident,
+    pub column: Ident,
+    pub expr: LitStr,
+}
+
+/// A variant's `#[state_machine(...)]` attributes.
+#[derive(Default)]
+pub(crate) struct VariantAttrs {
+    pub initial: bool,
+    pub rename: Option<LitStr>,
+}
+
+impl Container {
+    pub(crate) fn from_attrs(cx: &Ctxt, attrs: &[Attribute]) -> Self {
+        let mut table = Once::new("table");
+        let mut column = Once::new("column");
+        let mut key = Once::new("key");
+        let mut history = Once::new("history");
+        let mut rename_all = Once::new("rename_all");
+        let mut transitions = Once::new("transitions");
+        let mut krate = Once::new("crate");
+        let mut assigns = Vec::new();
+
+        for attr in state_machine_attrs(attrs) {
+            let parsed = attr.parse_nested_meta(|meta| {
+                let path = &meta.path;
+                if path.is_ident("table") {
+                    table.set(cx, path, meta.value()?.parse()?);
+                } else if path.is_ident("column") {
+                    column.set(cx, path, meta.value()?.parse()?);
+                } else if path.is_ident("key") {
+                    key.set(cx, path, meta.value()?.parse()?);
+                } else if path.is_ident("history") {
+                    history.set(cx, path, meta.value()?.parse()?);
+                } else if path.is_ident("rename_all") {
+                    let name: LitStr = meta.value()?.parse()?;
+                    match RenameRule::from_name(&name.value()) {
+                        Some(rule) => rename_all.set(cx, path, rule),
+                        None => cx.error_spanned_by(
+                            &name,
+                            format!(
+                                "unknown rename_all rule `{}`: expected one of {}",
+                                name.value(),
+                                RenameRule::expected()
+                            ),
+                        ),
+                    }
+                } else if path.is_ident("transitions") {
+                    let content;
+                    syn::parenthesized!(content in meta.input);
+                    let list = content.parse_terminated(TransitionDef::parse, Token![,])?;
+                    if list.is_empty() {
+                        cx.error_spanned_by(
+                            path,
+                            "`transitions(...)` is empty: list them as `name: From -> To`",
+                        );
+                    }
+                    transitions.set(cx, path, list.into_iter().collect());
+                } else if path.is_ident("assign") {
+                    let content;
+                    syn::parenthesized!(content in meta.input);
+                    assigns.extend(parse_assign(&content)?);
+                } else if path.is_ident("crate") {
+                    let lit: LitStr = meta.value()?.parse()?;
+                    krate.set(cx, path, lit.parse::<syn::Path>()?);
+                } else if path.is_ident("initial") || path.is_ident("rename") {
+                    cx.error_spanned_by(
+                        path,
+                        format!(
+                            "`{}` belongs on a variant: #[state_machine({})] above the state",
+                            path_name(path),
+                            path_name(path)
+                        ),
+                    );
+                    skip_value(&meta)?;
+                } else {
+                    cx.error_spanned_by(
+                        path,
+                        format!(
+                            "unknown state_machine key `{}`: expected one of {ENUM_KEYS}",
+                            path_name(path)
+                        ),
+                    );
+                    skip_value(&meta)?;
+                }
+                Ok(())
+            });
+            if let Err(error) = parsed {
+                cx.syn_error(error);
+            }
+        }
+
+        Container {
+            table: table.get(),
+            column: column.get(),
+            key: key.get(),
+            history: history.get(),
+            rename_all: rename_all.get(),
+            transitions: transitions.value,
+            assigns,
+            krate: krate.get(),
+        }
+    }
+}
+
+impl VariantAttrs {
+    pub(crate) fn from_attrs(cx: &Ctxt, attrs: &[Attribute]) -> Self {
+        let mut initial = Once::new("initial");
+        let mut rename = Once::new("rename");
+        for attr in state_machine_attrs(attrs) {
+            let parsed = attr.parse_nested_meta(|meta| {
+                let path = &meta.path;
+                if path.is_ident("initial") {
+                    initial.set(cx, path, ());
+                } else if path.is_ident("rename") {
+                    rename.set(cx, path, meta.value()?.parse()?);
+                } else {
+                    cx.error_spanned_by(
+                        path,
+                        format!(
+                            "unknown state_machine key `{}` on a variant: expected one of {VARIANT_KEYS}",
+                            path_name(path)
+                        ),
+                    );
+                    skip_value(&meta)?;
+                }
+                Ok(())
+            });
+            if let Err(error) = parsed {
+                cx.syn_error(error);
+            }
+        }
+        VariantAttrs {
+            initial: initial.get().is_some(),
+            rename: rename.get(),
+        }
+    }
+}
+
+fn state_machine_attrs(attrs: &[Attribute]) -> impl Iterator<Item = &Attribute> {
+    attrs
+        .iter()
+        .filter(|attr| attr.path().is_ident("state_machine"))
+}
+
+fn path_name(path: &syn::Path) -> String {
+    quote::quote!(#path).to_string().replace(' ', "")
+}
+
+/// Consumes the value of a key that was reported as misplaced or unknown,
+/// so the keys after it are still checked.
+fn skip_value(meta: &ParseNestedMeta<'_>) -> syn::Result<()> {
+    if meta.input.peek(Token![=]) {
+        meta.value()?.parse::<syn::Expr>()?;
+    } else if meta.input.peek(syn::token::Paren) {
+        let content;
+        syn::parenthesized!(content in meta.input);
+        content.parse::<TokenStream>()?;
+    }
+    Ok(())
+}
+
+impl Parse for TransitionDef {
+    fn parse(input: ParseStream<'_>) -> syn::Result<Self> {
+        let name: Ident = input.parse()?;
+        input.parse::<Token![:]>()?;
+        let sources = if input.peek(Token![_]) {
+            Sources::Any(input.parse()?)
+        } else {
+            let mut states = vec![input.parse()?];
+            while input.peek(Token![|]) {
+                input.parse::<Token![|]>()?;
+                states.push(input.parse()?);
+            }
+            Sources::States(states)
+        };
+        input.parse::<Token![->]>()?;
+        let target = input.parse()?;
+        Ok(TransitionDef {
+            name,
+            sources,
+            target,
+        })
+    }
+}
+
+/// `assign(transition, column = "expr", ...)`.
+fn parse_assign(input: ParseStream<'_>) -> syn::Result<Vec<Assign>> {
+    let transition: Ident = input.parse()?;
+    let mut assigns = Vec::new();
+    while !input.is_empty() {
+        input.parse::<Token![,]>()?;
+        if input.is_empty() {
+            break;
+        }
+        let column = input.call(Ident::parse_any)?;
+        input.parse::<Token![=]>()?;
+        let expr = input.parse()?;
+        assigns.push(Assign {
+            transition: transition.clone(),
+            column,
+            expr,
+        });
+    }
+    if assigns.is_empty() {
+        return Err(syn::Error::new_spanned(
+            &transition,
+            format!("`assign({transition})` sets nothing: add `column = \"SQL expression\"`"),
+        ));
+    }
+    Ok(assigns)
+}

@@ -1,0 +1,429 @@
+//! Cross-cutting checks, and the resolved graph `expand` generates from:
+//! every state named in a transition exists, names and edges are unique,
+//! no self-loops, every state is reachable, SQL identifiers are safe.
+
+use std::collections::{BTreeSet, HashMap};
+
+use quote::ToTokens;
+use syn::ext::IdentExt;
+use syn::{Ident, LitStr};
+
+use crate::ast::Machine;
+use crate::attr::{Sources, TransitionDef};
+use crate::ctxt::Ctxt;
+
+/// Names of the inherent functions the derive generates besides one per
+/// transition.
+pub(crate) const RESERVED: &[&str] = &["mermaid", "dot"];
+
+pub(crate) struct Graph<'a> {
+    /// Indices into `Machine::states`.
+    pub initial: Vec<usize>,
+    pub transitions: Vec<Edge<'a>>,
+    pub table: Option<Binding>,
+}
+
+pub(crate) struct Edge<'a> {
+    pub name: &'a Ident,
+    pub sources: Vec<usize>,
+    pub target: usize,
+    /// `(column, SQL expression)` set by the same UPDATE.
+    pub assignments: Vec<(String, String)>,
+}
+
+impl Edge<'_> {
+    /// The transition's name as written, without `r#`.
+    pub(crate) fn name(&self) -> String {
+        self.name.unraw().to_string()
+    }
+}
+
+pub(crate) struct Binding {
+    pub name: String,
+    pub column: String,
+    pub key: String,
+    pub history: Option<String>,
+}
+
+/// Checks `machine` and resolves its transitions; `None` when a transition
+/// could not be resolved (the errors are in `cx`).
+pub(crate) fn resolve<'a>(cx: &Ctxt, machine: &'a Machine<'_>) -> Option<Graph<'a>> {
+    check_values(cx, machine);
+    let table = binding(cx, machine);
+    let Some((_, defs)) = &machine.attrs.transitions else {
+        cx.error_spanned_by(
+            machine.ident,
+            "missing `#[state_machine(transitions(...))]`: list the transitions as \
+             `name: From -> To`, e.g. `pay: Issued -> Paid`",
+        );
+        return None;
+    };
+    check_names(cx, defs);
+    let mut transitions = defs
+        .iter()
+        .map(|def| edge(cx, machine, def))
+        .collect::<Option<Vec<_>>>()?;
+    check_edges(cx, machine, defs, &transitions);
+    attach_assignments(cx, machine, table.as_ref(), &mut transitions);
+    let initial = initial_states(machine);
+    check_reachable(cx, machine, &initial, &transitions);
+    Some(Graph {
+        initial,
+        transitions,
+        table,
+    })
+}
+
+/// Stored values: non-empty, printable, one per state.
+fn check_values(cx: &Ctxt, machine: &Machine<'_>) {
+    let mut seen: HashMap<&str, &Ident> = HashMap::new();
+    for state in &machine.states {
+        let at = state
+            .rename
+            .as_ref()
+            .map_or_else(|| state.ident.to_token_stream(), ToTokens::to_token_stream);
+        if state.value.is_empty() {
+            cx.error_spanned_by(
+                &at,
+                "a state's stored value cannot be empty: give `rename` a non-empty string",
+            );
+        } else if state.value.chars().any(char::is_control) {
+            cx.error_spanned_by(
+                &at,
+                format!(
+                    "the stored value {:?} contains a control character: use printable text",
+                    state.value
+                ),
+            );
+        } else if let Some(first) = seen.get(state.value.as_str()) {
+            cx.duplicate(
+                &at,
+                first,
+                format!(
+                    "states `{first}` and `{}` are both stored as \"{}\": rename one of them",
+                    state.ident, state.value
+                ),
+            );
+        } else {
+            seen.insert(&state.value, state.ident);
+        }
+    }
+}
+
+/// `table`, `column`, `key` and `history`, checked to be safe identifiers.
+fn binding(cx: &Ctxt, machine: &Machine<'_>) -> Option<Binding> {
+    let attrs = &machine.attrs;
+    let Some(table) = &attrs.table else {
+        for (key, lit) in [
+            ("column", &attrs.column),
+            ("key", &attrs.key),
+            ("history", &attrs.history),
+        ] {
+            if let Some(lit) = lit {
+                cx.error_spanned_by(
+                    lit,
+                    format!(
+                        "`{key}` needs `table = \"...\"`: name the table the state is stored in"
+                    ),
+                );
+            }
+        }
+        return None;
+    };
+    let ident = |lit: &LitStr, what: &str, qualified: bool| {
+        let value = lit.value();
+        if !is_sql_identifier(&value, qualified) {
+            let form = if qualified {
+                "[A-Za-z_][A-Za-z0-9_]*, optionally schema-qualified as `schema.name`"
+            } else {
+                "[A-Za-z_][A-Za-z0-9_]*"
+            };
+            cx.error_spanned_by(
+                lit,
+                format!("{what} {value:?} is not a safe SQL identifier: use {form}"),
+            );
+        }
+        value
+    };
+    let default = |lit: &Option<LitStr>, what: &str, fallback: &str| match lit {
+        Some(lit) => ident(lit, what, false),
+        None => fallback.to_owned(),
+    };
+    Some(Binding {
+        name: ident(table, "table", true),
+        column: default(&attrs.column, "column", "status"),
+        key: default(&attrs.key, "key", "id"),
+        history: attrs
+            .history
+            .as_ref()
+            .map(|lit| ident(lit, "history table", true)),
+    })
+}
+
+pub(crate) fn is_sql_identifier(value: &str, qualified: bool) -> bool {
+    let part = |part: &str| {
+        let mut chars = part.chars();
+        chars
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+    };
+    match value.split_once('.') {
+        Some((schema, name)) if qualified => part(schema) && part(name),
+        Some(_) => false,
+        None => part(value),
+    }
+}
+
+/// Transition names: unique, and not one of the generated functions.
+fn check_names(cx: &Ctxt, defs: &[TransitionDef]) {
+    let mut seen: HashMap<String, &Ident> = HashMap::new();
+    for def in defs {
+        let name = def.name.unraw().to_string();
+        if RESERVED.contains(&name.as_str()) {
+            cx.error_spanned_by(
+                &def.name,
+                format!(
+                    "a transition cannot be named `{name}`: the derive generates `{name}()` \
+                     (the diagram); choose another name"
+                ),
+            );
+        }
+        match seen.get(&name) {
+            Some(first) => cx.duplicate(
+                &def.name,
+                first,
+                format!("duplicate transition name `{name}`: each transition needs its own name"),
+            ),
+            None => {
+                seen.insert(name, &def.name);
+            }
+        }
+    }
+}
+
+/// Resolves one transition's states; reports unknown ones and self-loops.
+fn edge<'a>(cx: &Ctxt, machine: &Machine<'_>, def: &'a TransitionDef) -> Option<Edge<'a>> {
+    let target = state_index(cx, machine, def, &def.target);
+    let sources = match &def.sources {
+        Sources::Any(_) => Some(
+            (0..machine.states.len())
+                .filter(|&i| Some(i) != target)
+                .collect::<Vec<_>>(),
+        ),
+        Sources::States(states) => {
+            let resolved = states
+                .iter()
+                .map(|ident| state_index(cx, machine, def, ident))
+                .collect::<Vec<_>>();
+            resolved.into_iter().collect::<Option<Vec<_>>>()
+        }
+    };
+    let (sources, target) = (sources?, target?);
+    if let Sources::States(idents) = &def.sources {
+        for (ident, &source) in idents.iter().zip(&sources) {
+            if source == target {
+                cx.error_spanned_by(
+                    ident,
+                    format!(
+                        "transition `{}` goes from `{ident}` to itself: a self-loop cannot be \
+                         idempotent by state (a retry would apply it again); remove `{ident}` \
+                         from its sources and use an idempotency key for this operation instead",
+                        def.name
+                    ),
+                );
+            }
+        }
+        for (i, ident) in idents.iter().enumerate() {
+            if let Some(first) = idents[..i].iter().find(|other| *other == ident) {
+                cx.duplicate(
+                    ident,
+                    first,
+                    format!(
+                        "`{ident}` is listed twice among the sources of `{}`",
+                        def.name
+                    ),
+                );
+            }
+        }
+    }
+    Some(Edge {
+        name: &def.name,
+        sources,
+        target,
+        assignments: Vec::new(),
+    })
+}
+
+fn state_index(
+    cx: &Ctxt,
+    machine: &Machine<'_>,
+    def: &TransitionDef,
+    ident: &Ident,
+) -> Option<usize> {
+    let found = machine.states.iter().position(|state| state.ident == ident);
+    if found.is_none() {
+        let known = machine
+            .states
+            .iter()
+            .map(|state| format!("`{}`", state.ident))
+            .collect::<Vec<_>>()
+            .join(", ");
+        cx.error_spanned_by(
+            ident,
+            format!(
+                "unknown state `{ident}` in transition `{}`: {} has the states {known}",
+                def.name, machine.ident
+            ),
+        );
+    }
+    found
+}
+
+/// The same `source -> target` edge in two transitions would make the
+/// transition a row took ambiguous.
+fn check_edges(cx: &Ctxt, machine: &Machine<'_>, defs: &[TransitionDef], edges: &[Edge<'_>]) {
+    let mut seen: HashMap<(usize, usize), &TransitionDef> = HashMap::new();
+    for (def, edge) in defs.iter().zip(edges) {
+        for &source in &edge.sources {
+            let key = (source, edge.target);
+            match seen.get(&key) {
+                Some(first) if first.name != def.name => cx.duplicate(
+                    source_token(machine, def, source),
+                    source_token(machine, first, source),
+                    format!(
+                        "duplicate edge `{} -> {}`: transitions `{}` and `{}` both take it; \
+                         keep it in one transition",
+                        machine.states[source].ident,
+                        machine.states[edge.target].ident,
+                        first.name,
+                        def.name
+                    ),
+                ),
+                Some(_) => {}
+                None => {
+                    seen.insert(key, def);
+                }
+            }
+        }
+    }
+}
+
+/// The token naming `source` in `def`: the state itself or the `_`.
+fn source_token(
+    machine: &Machine<'_>,
+    def: &TransitionDef,
+    source: usize,
+) -> proc_macro2::TokenStream {
+    match &def.sources {
+        Sources::Any(underscore) => underscore.to_token_stream(),
+        Sources::States(states) => states
+            .iter()
+            .find(|ident| *ident == machine.states[source].ident)
+            .map_or_else(|| def.name.to_token_stream(), ToTokens::to_token_stream),
+    }
+}
+
+/// `assign(transition, column = "expr")`: known transition, safe column,
+/// not the state column, each column once per transition.
+fn attach_assignments(
+    cx: &Ctxt,
+    machine: &Machine<'_>,
+    table: Option<&Binding>,
+    edges: &mut [Edge<'_>],
+) {
+    let mut seen: HashMap<(String, String), &Ident> = HashMap::new();
+    for assign in &machine.attrs.assigns {
+        let transition = assign.transition.unraw().to_string();
+        let column = assign.column.unraw().to_string();
+        let Some(edge) = edges.iter_mut().find(|edge| edge.name() == transition) else {
+            let known = edges
+                .iter()
+                .map(|edge| format!("`{}`", edge.name))
+                .collect::<Vec<_>>()
+                .join(", ");
+            cx.error_spanned_by(
+                &assign.transition,
+                format!("`assign` names the unknown transition `{transition}`: the transitions are {known}"),
+            );
+            continue;
+        };
+        let Some(table) = table else {
+            cx.error_spanned_by(
+                &assign.transition,
+                "`assign` needs `table = \"...\"`: extra assignments are made by the transition's UPDATE",
+            );
+            continue;
+        };
+        if !is_sql_identifier(&column, false) {
+            cx.error_spanned_by(
+                &assign.column,
+                format!(
+                    "column {column:?} is not a safe SQL identifier: use [A-Za-z_][A-Za-z0-9_]*"
+                ),
+            );
+        } else if column == table.column {
+            cx.error_spanned_by(
+                &assign.column,
+                format!(
+                    "`{column}` is the state column: the transition already sets it to its target"
+                ),
+            );
+        } else if let Some(first) = seen.get(&(transition.clone(), column.clone())) {
+            cx.duplicate(
+                &assign.column,
+                first,
+                format!("`{column}` is assigned twice by transition `{transition}`"),
+            );
+        } else if assign.expr.value().trim().is_empty() {
+            cx.error_spanned_by(
+                &assign.expr,
+                "the SQL expression is empty: write the value to assign, e.g. \"CURRENT_TIMESTAMP\"",
+            );
+        } else {
+            seen.insert((transition, column.clone()), &assign.column);
+            edge.assignments.push((column, assign.expr.value()));
+        }
+    }
+}
+
+/// The states marked `initial`, or the first state when none is.
+fn initial_states(machine: &Machine<'_>) -> Vec<usize> {
+    let marked = (0..machine.states.len())
+        .filter(|&i| machine.states[i].initial)
+        .collect::<Vec<_>>();
+    if marked.is_empty() && !machine.states.is_empty() {
+        vec![0]
+    } else {
+        marked
+    }
+}
+
+fn check_reachable(cx: &Ctxt, machine: &Machine<'_>, initial: &[usize], edges: &[Edge<'_>]) {
+    let mut reached = initial.iter().copied().collect::<BTreeSet<_>>();
+    let mut frontier = initial.to_vec();
+    while let Some(state) = frontier.pop() {
+        for edge in edges.iter().filter(|edge| edge.sources.contains(&state)) {
+            if reached.insert(edge.target) {
+                frontier.push(edge.target);
+            }
+        }
+    }
+    let from = initial
+        .iter()
+        .map(|&i| format!("`{}`", machine.states[i].ident))
+        .collect::<Vec<_>>()
+        .join(", ");
+    for (i, state) in machine.states.iter().enumerate() {
+        if !reached.contains(&i) {
+            cx.error_spanned_by(
+                state.ident,
+                format!(
+                    "state `{}` is unreachable from the initial state {from}: add a transition \
+                     into it, or mark it #[state_machine(initial)] if rows are created in it",
+                    state.ident
+                ),
+            );
+        }
+    }
+}
