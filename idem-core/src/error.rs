@@ -57,9 +57,24 @@ pub enum Error {
         retry_after: Duration,
     },
 
-    /// An event id that is empty or too long.
-    #[error("invalid event id: {reason}")]
+    /// An event id that is empty, longer than 255 bytes or contains a
+    /// control character.
+    #[error(
+        "invalid event id: {reason}; use the broker's message id or the event's own id, \
+         1 to 255 bytes without control characters"
+    )]
     InvalidEventId {
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+
+    /// An inbox consumer name that is empty, longer than 255 bytes or
+    /// contains a control character.
+    #[error(
+        "invalid inbox consumer name: {reason}; name each consumer with 1 to 255 bytes \
+         without control characters, e.g. \"billing\""
+    )]
+    InvalidConsumer {
         /// What is wrong with it.
         reason: &'static str,
     },

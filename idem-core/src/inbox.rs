@@ -1,1 +1,0 @@
-//! The deduplication inbox protocol for event consumers.
