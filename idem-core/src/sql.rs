@@ -48,11 +48,44 @@ impl TransitionSql {
 /// The statements one transition compiles to in one dialect. All are
 /// `'static` constants with the source and target states embedded as
 /// literals and the row key as the single bind parameter.
+///
+/// Which statements a dialect uses:
+///
+/// | | PostgreSQL | MySQL / MariaDB | SQLite |
+/// |---|---|---|---|
+/// | [`apply`](Self::apply) | CTE: state before + whether it applied (+ history) | guarded `UPDATE` (multi-source: reports the source through `LAST_INSERT_ID`) | guarded `UPDATE` |
+/// | [`current`](Self::current) | plain read | locking read | plain read |
+/// | [`apply_from`](Self::apply_from) | — | — | one compare-and-set `UPDATE` per source |
+/// | [`history`](Self::history) | — (inside `apply`) | one `INSERT` per source | one `INSERT` per source |
+/// | [`many`](Self::many) | whole batch, keys as an array | batch-read fragments | batch-read fragments |
+/// | [`many_from`](Self::many_from) | — | batch `UPDATE` head per source | batch `UPDATE` head per source |
 #[derive(Debug, PartialEq, Eq)]
 pub struct DialectSql {
-    /// The guarded `UPDATE` (on PostgreSQL, a data-modifying CTE around it).
+    /// The guarded `UPDATE` (on PostgreSQL, a data-modifying CTE around it
+    /// that returns `before` (the state before, as text, NULL when there is
+    /// no row) and `applied`).
     pub apply: &'static str,
-    /// Reads the row's current state (a locking read on MySQL, so that a
-    /// REPEATABLE READ transaction sees the latest committed row).
+    /// Reads the row's current state as text (a locking read on MySQL, so
+    /// that a REPEATABLE READ transaction sees the latest committed row).
     pub current: &'static str,
+    /// SQLite only, for multi-source transitions: the compare-and-set
+    /// `UPDATE` from exactly `sources[i]`, in source order.
+    pub apply_from: &'static [&'static str],
+    /// MySQL and SQLite, when the state machine has a history table: the
+    /// `INSERT` of the history row for a change from `sources[i]`, in
+    /// source order. It binds the key's text form (what PostgreSQL's
+    /// `CAST(key AS TEXT)` gives: decimal digits, the string itself, a
+    /// hyphenated UUID).
+    pub history: &'static [&'static str],
+    /// Batches. PostgreSQL: the whole batch in one statement, binding the
+    /// keys as one array and returning `(ord, before, applied)` per key
+    /// (`ord` counts from 1). MySQL and SQLite: three fragments of the
+    /// batch read `SELECT CASE key WHEN ? THEN 0 ... END, state FROM ...
+    /// WHERE key IN (?, ...)`, assembled at run time around the
+    /// placeholders: `[head, middle, tail]`.
+    pub many: &'static [&'static str],
+    /// MySQL and SQLite: the head of the batch compare-and-set `UPDATE`
+    /// from exactly `sources[i]`, ending in `IN (`; the placeholders and
+    /// `)` are appended at run time.
+    pub many_from: &'static [&'static str],
 }

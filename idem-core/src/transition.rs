@@ -1,4 +1,4 @@
-use crate::{Dialect, DialectSql, State, TransitionSql};
+use crate::{Dialect, DialectSql, Outcome, State, TransitionSql};
 
 /// One named edge of a state machine: `pay: Issued -> Paid`.
 ///
@@ -48,6 +48,61 @@ impl<S: State> Transition<S> {
     /// Whether the transition may start from `from`.
     pub fn allows(&self, from: S) -> bool {
         self.sources.contains(&from)
+    }
+
+    /// The position of `state` among the sources, when the transition may
+    /// start from it.
+    pub fn source_index(&self, state: S) -> Option<usize> {
+        self.sources.iter().position(|s| *s == state)
+    }
+
+    /// What it means that the row is in `current` (`None`: there is no
+    /// row) after a guarded update that did not apply:
+    /// [`Outcome::NotFound`], [`Outcome::AlreadyApplied`] when the row is in
+    /// the target state, [`Outcome::Rejected`] when the transition is not
+    /// allowed from `current`, and `None` when the transition *is* allowed
+    /// from `current` — the row moved into a source state after the update
+    /// looked at it, so the update has to run again.
+    ///
+    /// ```
+    /// # use idem_core::{Outcome, State, Transition};
+    /// # #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+    /// # enum Door { Open, Closed, Locked }
+    /// # impl std::fmt::Display for Door {
+    /// #     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result { f.write_str(self.as_str()) }
+    /// # }
+    /// # impl State for Door {
+    /// #     const TYPE_NAME: &'static str = "Door";
+    /// #     const ALL: &'static [Self] = &[Door::Open, Door::Closed, Door::Locked];
+    /// #     const INITIAL: &'static [Self] = &[Door::Open];
+    /// #     const TRANSITIONS: &'static [&'static Transition<Self>] = &[
+    /// #         &Transition::new("close", &[Door::Open], Door::Closed, None),
+    /// #         &Transition::new("lock", &[Door::Closed], Door::Locked, None),
+    /// #     ];
+    /// #     const TABLE: Option<&'static idem_core::Table> = None;
+    /// #     fn as_str(self) -> &'static str { match self { Door::Open => "open", Door::Closed => "closed", Door::Locked => "locked" } }
+    /// # }
+    /// let close = Door::transition("close").unwrap();
+    /// assert_eq!(close.settled(None), Some(Outcome::NotFound));
+    /// assert_eq!(close.settled(Some(Door::Closed)), Some(Outcome::AlreadyApplied { state: Door::Closed }));
+    /// assert_eq!(close.settled(Some(Door::Locked)), Some(Outcome::Rejected { current: Door::Locked }));
+    /// assert_eq!(close.settled(Some(Door::Open)), None);
+    /// ```
+    pub fn settled(&self, current: Option<S>) -> Option<Outcome<S>> {
+        match current {
+            None => Some(Outcome::NotFound),
+            Some(state) if state == self.target => Some(Outcome::AlreadyApplied { state }),
+            Some(state) if self.allows(state) => None,
+            Some(current) => Some(Outcome::Rejected { current }),
+        }
+    }
+
+    /// The outcome of a change this call made from `from`.
+    pub fn applied_from(&self, from: S) -> Outcome<S> {
+        Outcome::Applied {
+            from,
+            to: self.target,
+        }
     }
 
     /// The compiled SQL of every dialect, when the state machine has a

@@ -1,4 +1,7 @@
-use idem_core::Dialect;
+use futures::future::BoxFuture;
+use idem_core::{Dialect, DialectSql, Outcome, State, Transition};
+
+use crate::{Error, Key};
 
 /// What a database error means to idem's retry and insert logic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,4 +29,62 @@ pub trait Backend: sqlx::Database {
 
     /// Classifies a driver error.
     fn error_kind(error: &sqlx::Error) -> ErrorKind;
+
+    /// Runs one statement without parameters (schema installation).
+    #[doc(hidden)]
+    fn execute_plain<'c>(
+        conn: &'c mut Self::Connection,
+        sql: &'c str,
+    ) -> BoxFuture<'c, Result<(), sqlx::Error>>;
+
+    /// The number of rows a statement matched.
+    #[doc(hidden)]
+    fn rows_affected(done: &Self::QueryResult) -> u64;
+
+    /// Runs one transition's compiled statements on `conn` and classifies
+    /// what happened (history rows included; the caller makes them atomic
+    /// when they are separate statements). Used by
+    /// [`TransitionExt`](crate::TransitionExt).
+    #[doc(hidden)]
+    fn apply_on<'c, S: State, K: Key<Self>>(
+        conn: &'c mut Self::Connection,
+        transition: &'static Transition<S>,
+        sql: &'static DialectSql,
+        key: &'c K,
+    ) -> BoxFuture<'c, Result<Outcome<S>, Error>>;
+
+    /// Runs one transition on a batch of keys, one outcome per key in the
+    /// order given. Used by [`TransitionExt::apply_many`](crate::TransitionExt::apply_many).
+    #[doc(hidden)]
+    fn apply_many_on<'c, S: State, K: Key<Self>>(
+        conn: &'c mut Self::Connection,
+        transition: &'static Transition<S>,
+        sql: &'static DialectSql,
+        keys: &'c [K],
+    ) -> BoxFuture<'c, Result<Vec<Outcome<S>>, Error>>;
+}
+
+/// Maps a driver error: transient conflicts become [`Error::Retryable`].
+pub(crate) fn db_error<B: Backend>(error: sqlx::Error) -> Error {
+    match B::error_kind(&error) {
+        ErrorKind::Transient => Error::Retryable(error),
+        ErrorKind::UniqueViolation | ErrorKind::Other => Error::Database(error),
+    }
+}
+
+/// Parses a state read from the database.
+pub(crate) fn parse<S: State>(value: Option<String>) -> Result<Option<S>, Error> {
+    Ok(value.as_deref().map(S::parse).transpose()?)
+}
+
+/// How many times one call re-runs its update after the row moved into a
+/// source state between two of its statements before it gives up.
+pub(crate) const MAX_ROUNDS: u32 = 16;
+
+/// The error when the row kept moving between idem's statements.
+pub(crate) fn contended<S: State>(transition: &'static Transition<S>) -> Error {
+    Error::Contended {
+        transition: transition.name(),
+        rounds: MAX_ROUNDS,
+    }
 }

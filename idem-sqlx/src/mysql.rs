@@ -1,8 +1,12 @@
-use idem_core::Dialect;
-use sqlx::mysql::MySqlDatabaseError;
+use futures::future::BoxFuture;
+use idem_core::{Dialect, DialectSql, Outcome, State, Transition};
+use sqlx::mysql::{MySqlConnection, MySqlDatabaseError};
 use sqlx::MySql;
 
-use crate::{Backend, ErrorKind};
+use crate::backend::{contended, db_error, parse, MAX_ROUNDS};
+use crate::batch;
+use crate::key::{args, text_args};
+use crate::{Backend, Error, ErrorKind, Key};
 
 impl Backend for MySql {
     const DIALECT: Dialect = Dialect::MySql;
@@ -24,4 +28,107 @@ impl Backend for MySql {
             _ => ErrorKind::Other,
         }
     }
+
+    fn execute_plain<'c>(
+        conn: &'c mut MySqlConnection,
+        sql: &'c str,
+    ) -> BoxFuture<'c, Result<(), sqlx::Error>> {
+        Box::pin(async move {
+            sqlx::Executor::execute(conn, sql).await?;
+            Ok(())
+        })
+    }
+
+    fn rows_affected(done: &sqlx::mysql::MySqlQueryResult) -> u64 {
+        done.rows_affected()
+    }
+
+    fn apply_on<'c, S: State, K: Key<Self>>(
+        conn: &'c mut MySqlConnection,
+        transition: &'static Transition<S>,
+        sql: &'static DialectSql,
+        key: &'c K,
+    ) -> BoxFuture<'c, Result<Outcome<S>, Error>> {
+        Box::pin(apply(conn, transition, sql, key))
+    }
+
+    fn apply_many_on<'c, S: State, K: Key<Self>>(
+        conn: &'c mut MySqlConnection,
+        transition: &'static Transition<S>,
+        sql: &'static DialectSql,
+        keys: &'c [K],
+    ) -> BoxFuture<'c, Result<Vec<Outcome<S>>, Error>> {
+        Box::pin(async move {
+            let groups = batch::read::<MySql, S, K>(conn, transition, sql, keys).await?;
+            batch::write::<MySql, S, K>(conn, transition, sql, keys, groups, record_history).await
+        })
+    }
+}
+
+/// The guarded update first: one statement when it applies. A
+/// multi-source transition learns the state it moved from in the same
+/// statement (`LAST_INSERT_ID(FIELD(...))`, returned in the OK packet).
+/// When it does not apply, a locking read (`LOCK IN SHARE MODE`) tells why:
+/// it sees the latest committed row even inside a REPEATABLE READ
+/// transaction, whose plain reads would see its stale snapshot.
+async fn apply<S: State, K: Key<MySql>>(
+    conn: &mut MySqlConnection,
+    transition: &'static Transition<S>,
+    sql: &'static DialectSql,
+    key: &K,
+) -> Result<Outcome<S>, Error> {
+    let sources = transition.sources();
+    for _ in 0..MAX_ROUNDS {
+        let done = sqlx::query_with(sql.apply, args::<MySql, K>(key).map_err(Error::Database)?)
+            .execute(&mut *conn)
+            .await
+            .map_err(db_error::<MySql>)?;
+        // sqlx sets CLIENT_FOUND_ROWS: rows_affected counts matched rows.
+        if done.rows_affected() > 0 {
+            let index = if sources.len() == 1 {
+                0
+            } else {
+                usize::try_from(done.last_insert_id())
+                    .ok()
+                    .and_then(|position| position.checked_sub(1))
+                    .filter(|index| *index < sources.len())
+                    .ok_or_else(|| {
+                        Error::Database(sqlx::Error::Protocol(format!(
+                            "MySQL reported source position {} for `{}`; expected 1..={}",
+                            done.last_insert_id(),
+                            transition.name(),
+                            sources.len()
+                        )))
+                    })?
+            };
+            record_history(conn, sql, index, key).await?;
+            return Ok(transition.applied_from(sources[index]));
+        }
+        let current: Option<String> =
+            sqlx::query_scalar_with(sql.current, args::<MySql, K>(key).map_err(Error::Database)?)
+                .fetch_optional(&mut *conn)
+                .await
+                .map_err(db_error::<MySql>)?;
+        if let Some(outcome) = transition.settled(parse::<S>(current)?) {
+            return Ok(outcome);
+        }
+    }
+    Err(contended(transition))
+}
+
+fn record_history<'c, K: Key<MySql>>(
+    conn: &'c mut MySqlConnection,
+    sql: &'static DialectSql,
+    index: usize,
+    key: &'c K,
+) -> BoxFuture<'c, Result<(), Error>> {
+    Box::pin(async move {
+        if let Some(insert) = sql.history.get(index) {
+            sqlx::query_with(insert, text_args::<MySql, K>(key).map_err(Error::Database)?)
+                .execute(&mut *conn)
+                .await
+                .map_err(db_error::<MySql>)?;
+        }
+        Ok(())
+    })
 }

@@ -1,7 +1,11 @@
-use idem_core::Dialect;
+use futures::future::BoxFuture;
+use idem_core::{Dialect, DialectSql, Outcome, State, Transition};
+use sqlx::postgres::{PgArguments, PgConnection};
 use sqlx::Postgres;
 
-use crate::{Backend, ErrorKind};
+use crate::backend::{contended, db_error, parse, MAX_ROUNDS};
+use crate::key::args;
+use crate::{Backend, Error, ErrorKind, Key};
 
 impl Backend for Postgres {
     const DIALECT: Dialect = Dialect::Postgres;
@@ -18,4 +22,110 @@ impl Backend for Postgres {
             _ => ErrorKind::Other,
         }
     }
+
+    fn execute_plain<'c>(
+        conn: &'c mut PgConnection,
+        sql: &'c str,
+    ) -> BoxFuture<'c, Result<(), sqlx::Error>> {
+        Box::pin(async move {
+            sqlx::Executor::execute(conn, sql).await?;
+            Ok(())
+        })
+    }
+
+    fn rows_affected(done: &sqlx::postgres::PgQueryResult) -> u64 {
+        done.rows_affected()
+    }
+
+    fn apply_on<'c, S: State, K: Key<Self>>(
+        conn: &'c mut PgConnection,
+        transition: &'static Transition<S>,
+        sql: &'static DialectSql,
+        key: &'c K,
+    ) -> BoxFuture<'c, Result<Outcome<S>, Error>> {
+        Box::pin(apply(conn, transition, sql, key))
+    }
+
+    fn apply_many_on<'c, S: State, K: Key<Self>>(
+        conn: &'c mut PgConnection,
+        transition: &'static Transition<S>,
+        sql: &'static DialectSql,
+        keys: &'c [K],
+    ) -> BoxFuture<'c, Result<Vec<Outcome<S>>, Error>> {
+        Box::pin(apply_many(conn, transition, sql, keys))
+    }
+}
+
+/// One statement reports the state the row had (`before`) and whether the
+/// compare-and-set from exactly that state applied. Only when the row was
+/// in a source state but the update did not apply (a concurrent
+/// transaction changed it while the statement waited for the row lock,
+/// under READ COMMITTED) does a second statement read the row again.
+async fn apply<S: State, K: Key<Postgres>>(
+    conn: &mut PgConnection,
+    transition: &'static Transition<S>,
+    sql: &'static DialectSql,
+    key: &K,
+) -> Result<Outcome<S>, Error> {
+    for _ in 0..MAX_ROUNDS {
+        let (before, applied): (Option<String>, bool) = sqlx::query_as_with(
+            sql.apply,
+            args::<Postgres, K>(key).map_err(Error::Database)?,
+        )
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(db_error::<Postgres>)?;
+        let before = parse::<S>(before)?;
+        match before {
+            Some(from) if applied => return Ok(transition.applied_from(from)),
+            _ => {}
+        }
+        if let Some(outcome) = transition.settled(before) {
+            return Ok(outcome);
+        }
+        let current: Option<String> = sqlx::query_scalar_with(
+            sql.current,
+            args::<Postgres, K>(key).map_err(Error::Database)?,
+        )
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(db_error::<Postgres>)?;
+        if let Some(outcome) = transition.settled(parse::<S>(current)?) {
+            return Ok(outcome);
+        }
+    }
+    Err(contended(transition))
+}
+
+/// The whole batch in one statement (keys bound as one array); a key whose
+/// row changed under the statement, or that was given twice, is applied
+/// again on its own.
+async fn apply_many<S: State, K: Key<Postgres>>(
+    conn: &mut PgConnection,
+    transition: &'static Transition<S>,
+    sql: &'static DialectSql,
+    keys: &[K],
+) -> Result<Vec<Outcome<S>>, Error> {
+    if keys.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut arguments = PgArguments::default();
+    K::add_many_to(keys, &mut arguments).map_err(|e| Error::Database(sqlx::Error::Encode(e)))?;
+    let rows: Vec<(i64, Option<String>, bool)> = sqlx::query_as_with(sql.many[0], arguments)
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(db_error::<Postgres>)?;
+    let mut outcomes = Vec::with_capacity(keys.len());
+    for ((_, before, applied), key) in rows.into_iter().zip(keys) {
+        let before = parse::<S>(before)?;
+        let outcome = match (before, applied) {
+            (Some(from), true) => transition.applied_from(from),
+            _ => match transition.settled(before) {
+                Some(outcome) => outcome,
+                None => apply(conn, transition, sql, key).await?,
+            },
+        };
+        outcomes.push(outcome);
+    }
+    Ok(outcomes)
 }

@@ -91,12 +91,54 @@ where
         &'t mut sqlx::Transaction<'static, B>,
     ) -> futures::future::BoxFuture<'t, Result<T, Failure<E>>>,
 {
+    run_attempts(pool, policy, Closure(&mut work)).await
+}
+
+/// One attempt of the work of a transaction idem owns. A trait rather than
+/// a closure so that the work may borrow data (a key, a handler): the
+/// `&'t mut self` receiver tells the compiler the borrow outlives `'t`.
+pub(crate) trait Attempt<B: Backend, T, E> {
+    /// Runs the work once in `tx` (which the caller commits).
+    fn run<'t>(
+        &'t mut self,
+        tx: &'t mut sqlx::Transaction<'static, B>,
+    ) -> futures::future::BoxFuture<'t, Result<T, Failure<E>>>;
+}
+
+struct Closure<'f, F>(&'f mut F);
+
+impl<B, T, E, F> Attempt<B, T, E> for Closure<'_, F>
+where
+    B: Backend,
+    F: for<'t> FnMut(
+        &'t mut sqlx::Transaction<'static, B>,
+    ) -> futures::future::BoxFuture<'t, Result<T, Failure<E>>>,
+{
+    fn run<'t>(
+        &'t mut self,
+        tx: &'t mut sqlx::Transaction<'static, B>,
+    ) -> futures::future::BoxFuture<'t, Result<T, Failure<E>>> {
+        (self.0)(tx)
+    }
+}
+
+/// [`run_transaction`] for work given as an [`Attempt`]. Each retry logs
+/// one event at [`RETRY_TARGET`].
+pub(crate) async fn run_attempts<B, T, E, W>(
+    pool: &sqlx::Pool<B>,
+    policy: &RetryPolicy,
+    mut work: W,
+) -> Result<T, HandlerError<E>>
+where
+    B: Backend,
+    W: Attempt<B, T, E>,
+{
     let mut attempt = 0u32;
     loop {
         attempt += 1;
         let result: Result<T, Failure<E>> = async {
             let mut tx = pool.begin_with(B::BEGIN_WRITE).await?;
-            let value = work(&mut tx).await?;
+            let value = work.run(&mut tx).await?;
             tx.commit().await?;
             Ok(value)
         }
@@ -117,7 +159,17 @@ where
             }));
         }
         let delay = policy.delay(attempt);
-        tracing::debug!(attempt, ?delay, %error, "transient conflict: retrying the transaction");
+        tracing::debug!(
+            target: RETRY_TARGET,
+            attempt,
+            ?delay,
+            %error,
+            "transient conflict: retrying the transaction"
+        );
         tokio::time::sleep(delay).await;
     }
 }
+
+/// The `tracing` target of the event logged before each retry (one event
+/// per retry), so operators and tests can count retries.
+pub const RETRY_TARGET: &str = "idem_sqlx::retry";

@@ -1,7 +1,12 @@
-use idem_core::Dialect;
+use futures::future::BoxFuture;
+use idem_core::{Dialect, DialectSql, Outcome, State, Transition};
+use sqlx::sqlite::{SqliteConnection, SqliteQueryResult};
 use sqlx::Sqlite;
 
-use crate::{Backend, ErrorKind};
+use crate::backend::{contended, db_error, parse, MAX_ROUNDS};
+use crate::batch;
+use crate::key::{args, text_args};
+use crate::{Backend, Error, ErrorKind, Key};
 
 impl Backend for Sqlite {
     const DIALECT: Dialect = Dialect::Sqlite;
@@ -22,4 +27,126 @@ impl Backend for Sqlite {
             _ => ErrorKind::Other,
         }
     }
+
+    fn execute_plain<'c>(
+        conn: &'c mut SqliteConnection,
+        sql: &'c str,
+    ) -> BoxFuture<'c, Result<(), sqlx::Error>> {
+        Box::pin(async move {
+            sqlx::Executor::execute(conn, sql).await?;
+            Ok(())
+        })
+    }
+
+    fn rows_affected(done: &SqliteQueryResult) -> u64 {
+        done.rows_affected()
+    }
+
+    fn apply_on<'c, S: State, K: Key<Self>>(
+        conn: &'c mut SqliteConnection,
+        transition: &'static Transition<S>,
+        sql: &'static DialectSql,
+        key: &'c K,
+    ) -> BoxFuture<'c, Result<Outcome<S>, Error>> {
+        Box::pin(apply(conn, transition, sql, key))
+    }
+
+    fn apply_many_on<'c, S: State, K: Key<Self>>(
+        conn: &'c mut SqliteConnection,
+        transition: &'static Transition<S>,
+        sql: &'static DialectSql,
+        keys: &'c [K],
+    ) -> BoxFuture<'c, Result<Vec<Outcome<S>>, Error>> {
+        Box::pin(async move {
+            let groups = batch::read::<Sqlite, S, K>(conn, transition, sql, keys).await?;
+            batch::write::<Sqlite, S, K>(conn, transition, sql, keys, groups, record_history).await
+        })
+    }
+}
+
+/// SQLite's `RETURNING` sees only the new values, so the state a change
+/// came from is known only when there is one source. Single source: the
+/// guarded update first (one statement when it applies, then a read to
+/// tell a no-op why). Several sources: read the state, then a
+/// compare-and-set from exactly that state (two statements), again if
+/// another writer moved the row in between.
+async fn apply<S: State, K: Key<Sqlite>>(
+    conn: &mut SqliteConnection,
+    transition: &'static Transition<S>,
+    sql: &'static DialectSql,
+    key: &K,
+) -> Result<Outcome<S>, Error> {
+    let single = sql.apply_from.is_empty();
+    let mut known = None;
+    for _ in 0..MAX_ROUNDS {
+        let index = match known.take() {
+            Some(index) => index,
+            None if single => 0,
+            None => match read(conn, transition, sql, key).await? {
+                Ok(outcome) => return Ok(outcome),
+                Err(index) => index,
+            },
+        };
+        let update = if single {
+            sql.apply
+        } else {
+            sql.apply_from[index]
+        };
+        let done = sqlx::query_with(update, args::<Sqlite, K>(key).map_err(Error::Database)?)
+            .execute(&mut *conn)
+            .await
+            .map_err(db_error::<Sqlite>)?;
+        if done.rows_affected() > 0 {
+            record_history(conn, sql, index, key).await?;
+            return Ok(transition.applied_from(transition.sources()[index]));
+        }
+        match read(conn, transition, sql, key).await? {
+            Ok(outcome) => return Ok(outcome),
+            Err(index) => known = Some(index),
+        }
+    }
+    Err(contended(transition))
+}
+
+/// The row's state: a settled outcome, or the source index it can move from.
+async fn read<S: State, K: Key<Sqlite>>(
+    conn: &mut SqliteConnection,
+    transition: &'static Transition<S>,
+    sql: &'static DialectSql,
+    key: &K,
+) -> Result<Result<Outcome<S>, usize>, Error> {
+    let current: Option<String> = sqlx::query_scalar_with(
+        sql.current,
+        args::<Sqlite, K>(key).map_err(Error::Database)?,
+    )
+    .fetch_optional(&mut *conn)
+    .await
+    .map_err(db_error::<Sqlite>)?;
+    let current = parse::<S>(current)?;
+    Ok(match transition.settled(current) {
+        Some(outcome) => Ok(outcome),
+        None => Err(current
+            .and_then(|s| transition.source_index(s))
+            .expect("settled() is None only for a source state")),
+    })
+}
+
+fn record_history<'c, K: Key<Sqlite>>(
+    conn: &'c mut SqliteConnection,
+    sql: &'static DialectSql,
+    index: usize,
+    key: &'c K,
+) -> BoxFuture<'c, Result<(), Error>> {
+    Box::pin(async move {
+        if let Some(insert) = sql.history.get(index) {
+            sqlx::query_with(
+                insert,
+                text_args::<Sqlite, K>(key).map_err(Error::Database)?,
+            )
+            .execute(&mut *conn)
+            .await
+            .map_err(db_error::<Sqlite>)?;
+        }
+        Ok(())
+    })
 }

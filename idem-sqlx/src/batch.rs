@@ -1,0 +1,150 @@
+//! `apply_many` on MySQL/MariaDB and SQLite: the one place where idem
+//! assembles SQL at run time, and only the placeholder lists of a batch
+//! (`WHEN ? THEN 0 ...`, `IN (?, ?, ...)`) around compiled fragments.
+//!
+//! It runs inside a transaction (idem's own or a savepoint): one locking
+//! read of the whole batch (MySQL: `LOCK IN SHARE MODE`; SQLite: the
+//! transaction holds the write lock from `BEGIN IMMEDIATE`), then one
+//! compare-and-set `UPDATE` per source state present in the batch. The
+//! read's locks keep every row where the read saw it, so each `UPDATE`
+//! must match exactly the keys of its group.
+
+use futures::future::BoxFuture;
+use idem_core::{DialectSql, Outcome, State, Transition};
+use sqlx::{ColumnIndex, Database, Executor, IntoArguments};
+
+use crate::backend::{db_error, parse};
+use crate::{Backend, Error, Key};
+
+/// The outcome of every key, or the source index it is to move from.
+pub(crate) type Groups<S> = Vec<Result<Outcome<S>, usize>>;
+
+fn placeholders(n: usize) -> String {
+    vec!["?"; n].join(", ")
+}
+
+fn encode<'q, DB: Backend, K: Key<DB>>(
+    keys: &'q [K],
+    args: &mut DB::Arguments<'q>,
+) -> Result<(), Error> {
+    K::add_many_to(keys, args).map_err(|e| Error::Database(sqlx::Error::Encode(e)))
+}
+
+/// Reads the state of every key in one statement.
+pub(crate) async fn read<'c, DB, S, K>(
+    conn: &'c mut DB::Connection,
+    transition: &'static Transition<S>,
+    sql: &'static DialectSql,
+    keys: &[K],
+) -> Result<Groups<S>, Error>
+where
+    DB: Backend,
+    S: State,
+    K: Key<DB>,
+    for<'e> &'e mut DB::Connection: Executor<'e, Database = DB>,
+    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
+    usize: ColumnIndex<DB::Row>,
+    i64: sqlx::Type<DB> + for<'r> sqlx::Decode<'r, DB>,
+    String: sqlx::Type<DB> + for<'r> sqlx::Decode<'r, DB>,
+{
+    let mut text = String::from(sql.many[0]);
+    for (i, _) in keys.iter().enumerate() {
+        text.push_str(&format!(" WHEN ? THEN {i}"));
+    }
+    text.push_str(sql.many[1]);
+    text.push_str(&placeholders(keys.len()));
+    text.push_str(sql.many[2]);
+    let mut args = DB::Arguments::default();
+    encode::<DB, K>(keys, &mut args)?;
+    encode::<DB, K>(keys, &mut args)?;
+    let rows: Vec<(i64, Option<String>)> = sqlx::query_as_with(&text, args)
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(db_error::<DB>)?;
+    let mut states: Vec<Option<S>> = vec![None; keys.len()];
+    for (ord, state) in rows {
+        let slot = usize::try_from(ord)
+            .ok()
+            .and_then(|i| states.get_mut(i))
+            .ok_or_else(|| {
+                Error::Database(sqlx::Error::Protocol(format!(
+                    "batch read returned position {ord} for {} keys",
+                    keys.len()
+                )))
+            })?;
+        *slot = parse::<S>(state)?;
+    }
+    Ok(states
+        .into_iter()
+        .map(|state| match transition.settled(state) {
+            Some(outcome) => Ok(outcome),
+            None => Err(state
+                .and_then(|s| transition.source_index(s))
+                .expect("settled() is None only for a source state")),
+        })
+        .collect())
+}
+
+/// Writes a history row for the key at `index` among the sources.
+pub(crate) type History<DB, K> = for<'c> fn(
+    &'c mut <DB as Database>::Connection,
+    &'static DialectSql,
+    usize,
+    &'c K,
+) -> BoxFuture<'c, Result<(), Error>>;
+
+/// One compare-and-set `UPDATE` per source group, then the history rows.
+pub(crate) async fn write<'c, DB, S, K>(
+    conn: &'c mut DB::Connection,
+    transition: &'static Transition<S>,
+    sql: &'static DialectSql,
+    keys: &[K],
+    groups: Groups<S>,
+    history: History<DB, K>,
+) -> Result<Vec<Outcome<S>>, Error>
+where
+    DB: Backend,
+    S: State,
+    K: Key<DB>,
+    for<'e> &'e mut DB::Connection: Executor<'e, Database = DB>,
+    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
+{
+    for (index, head) in sql.many_from.iter().enumerate() {
+        let members: Vec<usize> = groups
+            .iter()
+            .enumerate()
+            .filter(|(_, g)| **g == Err(index))
+            .map(|(i, _)| i)
+            .collect();
+        if members.is_empty() {
+            continue;
+        }
+        let text = format!("{head}{})", placeholders(members.len()));
+        let mut args = DB::Arguments::default();
+        for &i in &members {
+            keys[i]
+                .add_to(&mut args)
+                .map_err(|e| Error::Database(sqlx::Error::Encode(e)))?;
+        }
+        let done = sqlx::query_with(&text, args)
+            .execute(&mut *conn)
+            .await
+            .map_err(db_error::<DB>)?;
+        let affected = DB::rows_affected(&done);
+        if affected != members.len() as u64 {
+            return Err(Error::Database(sqlx::Error::Protocol(format!(
+                "the batch update of `{}` matched {affected} of {} locked rows",
+                transition.name(),
+                members.len()
+            ))));
+        }
+        for &i in &members {
+            history(&mut *conn, sql, index, &keys[i]).await?;
+        }
+    }
+    let sources = transition.sources();
+    Ok(groups
+        .into_iter()
+        .map(|g| g.unwrap_or_else(|index| transition.applied_from(sources[index])))
+        .collect())
+}
