@@ -14,4 +14,6 @@ pub use idem_http as http;
 pub mod prelude {
     pub use idem_core::{Change, Outcome, State, Transition};
     pub use idem_derive::StateMachine;
+    #[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
+    pub use idem_sqlx::{TransitionExt, TransitionHandler};
 }

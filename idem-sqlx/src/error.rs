@@ -31,6 +31,20 @@ pub enum Error {
     /// Any other database error.
     #[error("database error: {0}")]
     Database(#[source] sqlx::Error),
+
+    /// The row kept moving into and out of the transition's source states
+    /// between idem's statements (only possible when transitions form a
+    /// cycle and other writers keep running them).
+    #[error(
+        "the row kept changing while `{transition}` was applied ({rounds} rounds); \
+         apply it again later or in a transaction idem owns (`apply_with`)"
+    )]
+    Contended {
+        /// The transition's name.
+        transition: &'static str,
+        /// How many rounds ran.
+        rounds: u32,
+    },
 }
 
 /// The error of an operation that runs a user handler (`apply_with`,
