@@ -1,6 +1,6 @@
 //! Parses `#[state_machine(...)]` on the enum and on its variants.
 
-use proc_macro2::TokenStream;
+use proc_macro2::{TokenStream, TokenTree};
 use syn::ext::IdentExt;
 use syn::meta::ParseNestedMeta;
 use syn::parse::{Parse, ParseStream};
@@ -48,6 +48,9 @@ pub(crate) struct Container {
     pub rename_all: Option<RenameRule>,
     /// The `transitions` keyword (for spans) and the list.
     pub transitions: Option<(syn::Path, Vec<TransitionDef>)>,
+    /// Transitions that did not parse (reported already): their names
+    /// when they got that far, for the fallback stub.
+    pub malformed: Vec<Option<Ident>>,
     pub assigns: Vec<Assign>,
     pub krate: Option<syn::Path>,
 }
@@ -89,6 +92,7 @@ impl Container {
         let mut transitions = Once::new("transitions");
         let mut krate = Once::new("crate");
         let mut assigns = Vec::new();
+        let mut malformed = Vec::new();
 
         for attr in state_machine_attrs(attrs) {
             let parsed = attr.parse_nested_meta(|meta| {
@@ -117,14 +121,14 @@ impl Container {
                 } else if path.is_ident("transitions") {
                     let content;
                     syn::parenthesized!(content in meta.input);
-                    let list = content.parse_terminated(TransitionDef::parse, Token![,])?;
-                    if list.is_empty() {
+                    let list = parse_transitions(cx, &content, &mut malformed)?;
+                    if list.is_empty() && malformed.is_empty() {
                         cx.error_spanned_by(
                             path,
                             "`transitions(...)` is empty: list them as `name: From -> To`",
                         );
                     }
-                    transitions.set(cx, path, list.into_iter().collect());
+                    transitions.set(cx, path, list);
                 } else if path.is_ident("assign") {
                     let content;
                     syn::parenthesized!(content in meta.input);
@@ -132,14 +136,18 @@ impl Container {
                 } else if path.is_ident("crate") {
                     let lit: LitStr = meta.value()?.parse()?;
                     krate.set(cx, path, lit.parse::<syn::Path>()?);
-                } else if path.is_ident("initial") || path.is_ident("rename") {
+                } else if path.is_ident("initial") {
                     cx.error_spanned_by(
                         path,
-                        format!(
-                            "`{}` belongs on a variant: #[state_machine({})] above the state",
-                            path_name(path),
-                            path_name(path)
-                        ),
+                        "`initial` goes on a variant, not on the enum: \
+                         write #[state_machine(initial)] above the state",
+                    );
+                    skip_value(&meta)?;
+                } else if path.is_ident("rename") {
+                    cx.error_spanned_by(
+                        path,
+                        "`rename` goes on a variant, not on the enum: write \
+                         #[state_machine(rename = \"...\")] above the state, or use `rename_all`",
                     );
                     skip_value(&meta)?;
                 } else {
@@ -166,6 +174,7 @@ impl Container {
             history: history.get(),
             rename_all: rename_all.get(),
             transitions: transitions.value,
+            malformed,
             assigns,
             krate: krate.get(),
         }
@@ -227,6 +236,48 @@ fn skip_value(meta: &ParseNestedMeta<'_>) -> syn::Result<()> {
         content.parse::<TokenStream>()?;
     }
     Ok(())
+}
+
+/// The comma-separated transitions. A malformed one is reported and
+/// skipped up to the next comma, so the others are still checked.
+fn parse_transitions(
+    cx: &Ctxt,
+    input: ParseStream<'_>,
+    malformed: &mut Vec<Option<Ident>>,
+) -> syn::Result<Vec<TransitionDef>> {
+    let mut list = Vec::new();
+    while !input.is_empty() {
+        let name = input.fork().parse::<Ident>().ok();
+        match input.parse::<TransitionDef>() {
+            Ok(def) => list.push(def),
+            Err(error) => {
+                cx.syn_error(error);
+                malformed.push(name);
+                skip_past_comma(input)?;
+                continue;
+            }
+        }
+        if !input.is_empty() {
+            if let Err(error) = input.parse::<Token![,]>() {
+                cx.syn_error(error);
+                skip_past_comma(input)?;
+            }
+        }
+    }
+    Ok(list)
+}
+
+fn skip_past_comma(input: ParseStream<'_>) -> syn::Result<()> {
+    input.step(|cursor| {
+        let mut rest = *cursor;
+        while let Some((tt, next)) = rest.token_tree() {
+            rest = next;
+            if matches!(&tt, TokenTree::Punct(p) if p.as_char() == ',') {
+                break;
+            }
+        }
+        Ok(((), rest))
+    })
 }
 
 impl Parse for TransitionDef {

@@ -19,7 +19,7 @@ impl RenameRule {
     pub(crate) const NAMES: &'static [(&'static str, RenameRule)] = &[
         ("lowercase", RenameRule::Lower),
         ("UPPERCASE", RenameRule::Upper),
-        ("Pascal", RenameRule::Pascal),
+        ("PascalCase", RenameRule::Pascal),
         ("camelCase", RenameRule::Camel),
         ("snake_case", RenameRule::Snake),
         ("SCREAMING_SNAKE_CASE", RenameRule::ScreamingSnake),

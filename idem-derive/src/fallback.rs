@@ -42,17 +42,20 @@ pub(crate) fn expand(input: &DeriveInput, machine: &Machine<'_>, error: syn::Err
     // One function per distinct, non-reserved name, so the stub adds no
     // "duplicate definition" error of its own.
     let mut names = BTreeSet::new();
-    let accessors = machine
+    let parsed = machine
         .attrs
         .transitions
         .iter()
         .flat_map(|(_, defs)| defs)
-        .filter(|def| {
-            let name = def.name.unraw().to_string();
+        .map(|def| &def.name);
+    let malformed = machine.attrs.malformed.iter().flatten();
+    let accessors = parsed
+        .chain(malformed)
+        .filter(|name| {
+            let name = name.unraw().to_string();
             !RESERVED.contains(&name.as_str()) && names.insert(name)
         })
-        .map(|def| {
-            let name = &def.name;
+        .map(|name| {
             quote! {
                 #[doc = "A transition (unavailable: the derive reported an error)."]
                 #vis fn #name() -> &'static idem_core::Transition<Self> {

@@ -50,6 +50,11 @@ pub(crate) struct Binding {
 pub(crate) fn resolve<'a>(cx: &Ctxt, machine: &'a Machine<'_>) -> Option<Graph<'a>> {
     check_values(cx, machine);
     let table = binding(cx, machine);
+    // Not an enum, or no variants: already reported, and there is nothing
+    // to resolve the transitions against.
+    if machine.states.is_empty() {
+        return None;
+    }
     let Some((_, defs)) = &machine.attrs.transitions else {
         cx.error_spanned_by(
             machine.ident,
@@ -59,12 +64,20 @@ pub(crate) fn resolve<'a>(cx: &Ctxt, machine: &'a Machine<'_>) -> Option<Graph<'
         return None;
     };
     check_names(cx, defs);
-    let mut transitions = defs
+    // Every transition is resolved (and its unknown states reported) before
+    // giving up on the graph.
+    let resolved = defs
         .iter()
         .map(|def| edge(cx, machine, def))
-        .collect::<Option<Vec<_>>>()?;
+        .collect::<Vec<_>>();
+    let mut transitions = resolved.into_iter().collect::<Option<Vec<_>>>()?;
     check_edges(cx, machine, defs, &transitions);
     attach_assignments(cx, machine, table.as_ref(), &mut transitions);
+    // With a transition that did not parse, states it would have reached
+    // would be reported as unreachable.
+    if !machine.attrs.malformed.is_empty() {
+        return None;
+    }
     let initial = initial_states(machine);
     check_reachable(cx, machine, &initial, &transitions);
     Some(Graph {

@@ -1,0 +1,17 @@
+use idem_derive::StateMachine;
+
+#[derive(StateMachine, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[state_machine(table = "invoice status", colour = "red")]
+#[state_machine(transitions(
+    issue: Draft  -> Issued,
+    issue: Issued -> Paid,
+    pay:   Paid   -> Paid,
+))]
+enum InvoiceStatus {
+    Draft,
+    Issued,
+    Paid,
+    Disputed,
+}
+
+fn main() {}

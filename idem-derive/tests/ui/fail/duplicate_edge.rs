@@ -1,0 +1,15 @@
+use idem_derive::StateMachine;
+
+#[derive(StateMachine, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[state_machine(transitions(
+    issue:  Draft          -> Issued,
+    void:   Draft | Issued -> Void,
+    cancel: Issued         -> Void,
+))]
+enum InvoiceStatus {
+    Draft,
+    Issued,
+    Void,
+}
+
+fn main() {}

@@ -1,0 +1,10 @@
+use idem_derive::StateMachine;
+
+#[derive(StateMachine, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[state_machine(table = "invoices")]
+enum InvoiceStatus {
+    Issued,
+    Paid,
+}
+
+fn main() {}
