@@ -57,6 +57,33 @@ pub enum Error {
         retry_after: Duration,
     },
 
+    /// A scope whose encoded form is longer than 512 bytes.
+    #[error("invalid idempotency scope: {reason}; use a shorter client id or operation name")]
+    InvalidScope {
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+
+    /// The lease on an idempotency key was lost before the response was
+    /// stored: after it expired another request took the key over, or the
+    /// record was released or purged. The operation may have run twice.
+    #[error(
+        "the idempotency key's lease expired and another request took the key over before \
+         this one stored its response: the outcome is uncertain, the work may have run twice; \
+         check whether it took effect before retrying, and choose a longer lease"
+    )]
+    LeaseLost,
+
+    /// A bounded in-memory key store holds as many records as it may.
+    #[error(
+        "the in-memory key store is full ({capacity} records): purge completed records \
+         more often or create the store with a larger capacity"
+    )]
+    KeyStoreFull {
+        /// The store's capacity.
+        capacity: usize,
+    },
+
     /// An event id that is empty, longer than 255 bytes or contains a
     /// control character.
     #[error(

@@ -1,1 +1,83 @@
-//! The `Idempotency-Key` tower layer.
+//! The `Idempotency-Key` tower layer: make POST and PATCH safe to retry in
+//! axum, tonic or any tower service, as Stripe and the IETF
+//! Idempotency-Key draft describe.
+//!
+//! ```
+//! use std::sync::atomic::{AtomicUsize, Ordering};
+//! use std::sync::Arc;
+//!
+//! use axum::{body::Body, routing::post, Router};
+//! use http::{Request, StatusCode};
+//! use idem_core::keys::{MemoryStore, Scope};
+//! use idem_http::IdempotencyLayer;
+//! use tower::ServiceExt;
+//!
+//! # tokio::runtime::Runtime::new().unwrap().block_on(async {
+//! let charges = Arc::new(AtomicUsize::new(0));
+//! let counter = Arc::clone(&charges);
+//! let app = Router::new()
+//!     .route("/charges", post(move || async move {
+//!         counter.fetch_add(1, Ordering::SeqCst);
+//!         (StatusCode::CREATED, "charged")
+//!     }))
+//!     .layer(IdempotencyLayer::new(MemoryStore::default(), |parts| {
+//!         // The client's identity, from a header the gateway sets.
+//!         let client = parts.headers.get("x-client-id")?.to_str().ok()?;
+//!         Scope::new(client, "api").ok()
+//!     }));
+//!
+//! let request = || {
+//!     Request::post("/charges")
+//!         .header("x-client-id", "acme")
+//!         .header("idempotency-key", "5f0c7b0e-order-42")
+//!         .body(Body::from("amount=100"))
+//!         .unwrap()
+//! };
+//! let first = app.clone().oneshot(request()).await.unwrap();
+//! assert_eq!(first.status(), StatusCode::CREATED);
+//!
+//! let retry = app.clone().oneshot(request()).await.unwrap();
+//! assert_eq!(retry.status(), StatusCode::CREATED);
+//! assert_eq!(retry.headers()["idempotent-replayed"], "true");
+//! assert_eq!(charges.load(Ordering::SeqCst), 1);
+//! # });
+//! ```
+//!
+//! # Status codes
+//!
+//! | Status | When |
+//! |---|---|
+//! | the stored one, with `Idempotent-Replayed: true` | a retry of a completed request (same key, same request) |
+//! | 400 | the key is missing, empty, longer than 255 bytes, not visible ASCII, or the header repeats; or the scope function found no client |
+//! | 409 + `Retry-After` | a request with the key is still running |
+//! | 413 | the body is larger than the limit |
+//! | 422 | the key was used with another request (method, path, query or body) |
+//! | 503 | the key store failed; the request did not run |
+//!
+//! Every error is `application/problem+json` ([`Rejection`]). Responses
+//! with 5xx, 408 or 429 are not stored and release the key
+//! ([`ResponsePolicy`](idem_core::keys::ResponsePolicy)), so the client's
+//! retry runs again.
+//!
+//! # What is fingerprinted
+//!
+//! The method, the path with its query, and the body — JSON bodies
+//! (`application/json`, `*/*+json`) in canonical form, so reordered object
+//! keys are the same request. The same key with another fingerprint is 422.
+//!
+//! # Crashes and slow handlers
+//!
+//! A request holds its key for a lease (60 s by default). If it dies (the
+//! process crashes, or the client disconnects and the handler is dropped),
+//! the key stays claimed until the lease expires; then the next retry runs
+//! it, and the handler sees [`ClaimedKey::recovered`] set: the first run's
+//! outcome is uncertain. Choose a lease longer than your slowest handler.
+
+mod error;
+pub mod future;
+mod layer;
+mod service;
+
+pub use error::Rejection;
+pub use layer::IdempotencyLayer;
+pub use service::{ClaimedKey, Idempotency, REPLAYED_HEADER};

@@ -6,6 +6,7 @@ mod error;
 mod handler;
 pub mod history;
 mod key;
+pub mod keys;
 #[cfg(feature = "mysql")]
 mod mysql;
 #[cfg(feature = "postgres")]

@@ -1,2 +1,0 @@
-//! Idempotency keys: the key, its scope, the request fingerprint and the
-//! store protocol.

@@ -1,0 +1,190 @@
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{HeaderValue, CONTENT_TYPE, RETRY_AFTER};
+use http::{Response, StatusCode};
+use http_body_util::Full;
+
+/// The base of every problem type URI.
+macro_rules! docs {
+    () => {
+        "https://docs.rs/idem-http/latest/idem_http/enum.Rejection.html#variant."
+    };
+}
+/// Why the layer answered a request itself instead of passing it on (or
+/// replaying it). Each becomes an `application/problem+json` response
+/// (RFC 9457) whose title and detail tell the client what to do.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Rejection {
+    /// 400: the request has no idempotency-key header.
+    #[error(
+        "This endpoint requires an `{header}` header: generate a unique value (e.g. a UUID v4) \
+         for each new request, and send the same value again when you retry that request."
+    )]
+    MissingKey {
+        /// The header's name.
+        header: String,
+    },
+
+    /// 400: the key is empty, too long, not visible ASCII, or the header
+    /// appears more than once.
+    #[error(
+        "The `{header}` header is invalid: {reason}. Send it exactly once, with 1 to 255 visible \
+         ASCII characters (e.g. a UUID)."
+    )]
+    InvalidKey {
+        /// The header's name.
+        header: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+
+    /// 400: the scope function found no client identity in the request.
+    #[error(
+        "The server could not tell which client sent this request, so it cannot keep its \
+         idempotency keys apart from other clients' keys: send the credentials or client \
+         identifier this API requires."
+    )]
+    UnknownClient,
+
+    /// 413: the body is larger than the configured limit.
+    #[error(
+        "The request body is larger than {limit} bytes, the most this endpoint accepts with an \
+         idempotency key: send a smaller body."
+    )]
+    BodyTooLarge {
+        /// The limit in bytes.
+        limit: usize,
+    },
+
+    /// 400: the request body could not be read to its end.
+    #[error(
+        "The request body could not be read to its end: send the complete request again with \
+         the same idempotency key."
+    )]
+    BodyUnreadable,
+
+    /// 409: a request with the same key is still running.
+    #[error(
+        "A request with this idempotency key is still being processed: retry after {} \
+         second(s) with the same key to get its response.",
+        retry_after_secs(*.retry_after)
+    )]
+    InProgress {
+        /// How long until the running request's lease expires.
+        retry_after: Duration,
+    },
+
+    /// 422: the key was used before with another request.
+    #[error(
+        "This idempotency key was already used for a different request (another method, path, \
+         query or body): use a new key for a new request, or resend the original request \
+         unchanged."
+    )]
+    KeyReused,
+
+    /// 503: the key store failed, so the request was not processed.
+    #[error(
+        "The server could not check the idempotency key, so it did not process the request: \
+         retry later with the same key."
+    )]
+    StoreUnavailable,
+
+    /// 500: the handler's response body failed while it was being stored;
+    /// the key was released.
+    #[error(
+        "The server failed while producing its response and did not record it: retry with the \
+         same idempotency key."
+    )]
+    ResponseFailed,
+}
+
+fn retry_after_secs(retry_after: Duration) -> u64 {
+    (retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0)).max(1)
+}
+
+impl Rejection {
+    /// The HTTP status.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Rejection::MissingKey { .. }
+            | Rejection::InvalidKey { .. }
+            | Rejection::UnknownClient
+            | Rejection::BodyUnreadable => StatusCode::BAD_REQUEST,
+            Rejection::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Rejection::InProgress { .. } => StatusCode::CONFLICT,
+            Rejection::KeyReused => StatusCode::UNPROCESSABLE_ENTITY,
+            Rejection::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Rejection::ResponseFailed => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The problem's short title.
+    pub fn title(&self) -> &'static str {
+        match self {
+            Rejection::MissingKey { .. } => "Idempotency key missing",
+            Rejection::InvalidKey { .. } => "Idempotency key invalid",
+            Rejection::UnknownClient => "Client not identified",
+            Rejection::BodyTooLarge { .. } => "Request body too large",
+            Rejection::BodyUnreadable => "Request body unreadable",
+            Rejection::InProgress { .. } => "Request in progress",
+            Rejection::KeyReused => "Idempotency key reused",
+            Rejection::StoreUnavailable => "Idempotency store unavailable",
+            Rejection::ResponseFailed => "Response failed",
+        }
+    }
+
+    /// The problem type: a link to this variant's documentation.
+    pub fn type_uri(&self) -> &'static str {
+        match self {
+            Rejection::MissingKey { .. } => concat!(docs!(), "MissingKey"),
+            Rejection::InvalidKey { .. } => concat!(docs!(), "InvalidKey"),
+            Rejection::UnknownClient => concat!(docs!(), "UnknownClient"),
+            Rejection::BodyTooLarge { .. } => concat!(docs!(), "BodyTooLarge"),
+            Rejection::BodyUnreadable => concat!(docs!(), "BodyUnreadable"),
+            Rejection::InProgress { .. } => concat!(docs!(), "InProgress"),
+            Rejection::KeyReused => concat!(docs!(), "KeyReused"),
+            Rejection::StoreUnavailable => concat!(docs!(), "StoreUnavailable"),
+            Rejection::ResponseFailed => concat!(docs!(), "ResponseFailed"),
+        }
+    }
+
+    /// The `application/problem+json` response (with `Retry-After` for
+    /// [`Rejection::InProgress`]).
+    pub fn into_response(self) -> Response<Full<Bytes>> {
+        let body = serde_json::json!({
+            "type": self.type_uri(),
+            "title": self.title(),
+            "status": self.status().as_u16(),
+            "detail": self.to_string(),
+        });
+        let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
+        *response.status_mut() = self.status();
+        let headers = response.headers_mut();
+        headers.insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        if let Rejection::InProgress { retry_after } = self {
+            headers.insert(
+                RETRY_AFTER,
+                HeaderValue::from(retry_after_secs(retry_after)),
+            );
+        }
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_rounds_up_to_whole_seconds() {
+        assert_eq!(retry_after_secs(Duration::ZERO), 1);
+        assert_eq!(retry_after_secs(Duration::from_millis(1)), 1);
+        assert_eq!(retry_after_secs(Duration::from_secs(2)), 2);
+        assert_eq!(retry_after_secs(Duration::from_millis(2001)), 3);
+    }
+}

@@ -1,0 +1,171 @@
+//! Idempotency keys on PostgreSQL, MySQL/MariaDB and SQLite:
+//! [`SqlKeyStore`], the [`KeyStore`](idem_core::keys::KeyStore) of
+//! [`idem_core::keys`] over one table, `idem_keys`, with the primary key
+//! `(scope, idem_key)`. Every lease and expiry is computed by the
+//! database's clock, in SQL; the application's clock is never compared
+//! with it.
+//!
+//! Two modes:
+//!
+//! - **Transactional** ([`SqlKeyStore::run_once`]): for work that only
+//!   writes to this database. The claim, the work and the stored response
+//!   commit in one transaction: the work runs exactly once and no lease is
+//!   involved. A concurrent duplicate waits on the key's row (or, on
+//!   SQLite, on the single writer) and then replays the committed response.
+//!
+//!   ```
+//!   use idem_core::keys::{Fingerprint, Scope, StoredResponse};
+//!   use idem_sqlx::keys::{Once, SqlKeyStore};
+//!   use sqlx::sqlite::SqlitePoolOptions;
+//!
+//!   # tokio::runtime::Runtime::new().unwrap().block_on(async {
+//!   let pool = SqlitePoolOptions::new().max_connections(1).connect("sqlite::memory:").await?;
+//!   sqlx::query("CREATE TABLE payments (amount INTEGER NOT NULL)").execute(&pool).await?;
+//!   let store = SqlKeyStore::new(pool.clone());
+//!   store.install().await?;
+//!
+//!   let scope = Scope::new("tenant-1", "payments")?;
+//!   let key = "order-42".parse()?;
+//!   let fingerprint = Fingerprint::of_json(&serde_json::json!({"amount": 100}));
+//!   for attempt in 0..2 {
+//!       let once = store
+//!           .run_once::<sqlx::Error, _>(&scope, &key, &fingerprint, |tx| {
+//!               Box::pin(async move {
+//!                   sqlx::query("INSERT INTO payments (amount) VALUES (100)").execute(&mut **tx).await?;
+//!                   Ok(StoredResponse::new(201, b"paid".to_vec()))
+//!               })
+//!           })
+//!           .await?;
+//!       assert_eq!(matches!(once, Once::Replayed(_)), attempt == 1);
+//!       assert_eq!(once.response().body, b"paid");
+//!   }
+//!   let payments: i64 = sqlx::query_scalar("SELECT count(*) FROM payments").fetch_one(&pool).await?;
+//!   assert_eq!(payments, 1);
+//!   # Ok::<(), Box<dyn std::error::Error>>(())
+//!   # }).unwrap();
+//!   ```
+//!
+//! - **Leased** (the [`KeyStore`](idem_core::keys::KeyStore) methods): for
+//!   work that calls the outside world. Claim with a lease, run, then
+//!   complete (or release on a failure the client may retry). A run that
+//!   crashed is taken over once its lease expires, and the new holder is
+//!   told the first run's outcome is uncertain
+//!   ([`Claim::Recovered`](idem_core::keys::Claim::Recovered)).
+//!
+//!   ```
+//!   use std::time::Duration;
+//!   use idem_core::keys::{Claim, Completion, Fingerprint, KeyStore, Scope, StoredResponse};
+//!   use idem_sqlx::keys::SqlKeyStore;
+//!   use sqlx::sqlite::SqlitePoolOptions;
+//!
+//!   # tokio::runtime::Runtime::new().unwrap().block_on(async {
+//!   let pool = SqlitePoolOptions::new().max_connections(1).connect("sqlite::memory:").await?;
+//!   let store = SqlKeyStore::new(pool);
+//!   store.install().await?;
+//!
+//!   let scope = Scope::new("tenant-1", "emails")?;
+//!   let key = "welcome-7".parse()?;
+//!   let fingerprint = Fingerprint::of_request("POST", "/emails", b"to=ada");
+//!   let lease = Duration::from_secs(30);
+//!   match store.claim(&scope, &key, &fingerprint, lease).await? {
+//!       Claim::New(lease) => {
+//!           let response = StoredResponse::new(202, b"sent".to_vec()); // call the mail provider
+//!           assert_eq!(store.complete(&lease, &response).await?, Completion::Stored);
+//!       }
+//!       other => unreachable!("a fresh key: {other:?}"),
+//!   }
+//!   let replay = store.claim(&scope, &key, &fingerprint, lease).await?;
+//!   assert!(matches!(replay, Claim::Replay(r) if r.status == 202));
+//!
+//!   // Keep completed records 24 hours (run this periodically).
+//!   let purged = store.purge(idem_core::keys::DEFAULT_RETENTION).await?;
+//!   assert_eq!(purged, 0);
+//!   # Ok::<(), Box<dyn std::error::Error>>(())
+//!   # }).unwrap();
+//!   ```
+//!
+//! The table's SQL is [`schema`], for projects that keep their own
+//! migrations; [`SqlKeyStore::install`] runs it and may run any number of
+//! times.
+
+mod sql;
+mod store;
+
+use idem_core::keys::StoredResponse;
+use idem_core::Dialect;
+
+use crate::RetryPolicy;
+
+/// The SQL that creates the `idem_keys` table and its indexes in one
+/// dialect (`CREATE ... IF NOT EXISTS`, so it may run again). Copy it into
+/// a migration, or let [`SqlKeyStore::install`] run it.
+///
+/// ```
+/// let sql = idem_sqlx::keys::schema(idem_core::Dialect::Postgres);
+/// assert!(sql.contains("PRIMARY KEY (scope, idem_key)"));
+/// ```
+pub const fn schema(dialect: Dialect) -> &'static str {
+    sql::for_dialect(dialect).schema
+}
+
+/// The idempotency-key store on a sqlx pool of PostgreSQL, MySQL/MariaDB
+/// or SQLite. Cheap to clone (it holds the pool).
+///
+/// It implements [`KeyStore`](idem_core::keys::KeyStore) (the leased mode)
+/// and [`SqlKeyStore::run_once`] (the transactional mode).
+#[derive(Debug, Clone)]
+pub struct SqlKeyStore<B: sqlx::Database> {
+    pool: sqlx::Pool<B>,
+    retry: RetryPolicy,
+}
+
+impl<B: sqlx::Database> SqlKeyStore<B> {
+    /// A store on `pool`, retrying transient conflicts of
+    /// [`run_once`](SqlKeyStore::run_once) with the default
+    /// [`RetryPolicy`].
+    pub fn new(pool: sqlx::Pool<B>) -> Self {
+        SqlKeyStore {
+            pool,
+            retry: RetryPolicy::default(),
+        }
+    }
+
+    /// Sets how transactions of [`run_once`](SqlKeyStore::run_once) are
+    /// retried on serialization failures, deadlocks and a busy database.
+    pub fn with_retry(mut self, retry: RetryPolicy) -> Self {
+        self.retry = retry;
+        self
+    }
+
+    /// The pool.
+    pub fn pool(&self) -> &sqlx::Pool<B> {
+        &self.pool
+    }
+}
+
+/// What [`SqlKeyStore::run_once`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[must_use]
+pub enum Once {
+    /// This call ran the work; its response committed with it.
+    Ran(StoredResponse),
+    /// An earlier call with the key committed: this is its response, and
+    /// the work did not run.
+    Replayed(StoredResponse),
+}
+
+impl Once {
+    /// The response, whichever call produced it.
+    pub fn response(&self) -> &StoredResponse {
+        match self {
+            Once::Ran(response) | Once::Replayed(response) => response,
+        }
+    }
+
+    /// The response, whichever call produced it.
+    pub fn into_response(self) -> StoredResponse {
+        match self {
+            Once::Ran(response) | Once::Replayed(response) => response,
+        }
+    }
+}

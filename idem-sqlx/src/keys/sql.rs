@@ -1,0 +1,192 @@
+//! The key store's SQL, one set of statements per dialect. Every time is
+//! the database's: `now()` on PostgreSQL, `UTC_TIMESTAMP(6)` on MySQL
+//! (UTC, so a session time zone or a DST change never shifts a lease), and
+//! Unix seconds from `julianday('now')` on SQLite (3.35+, no `unixepoch`).
+
+use idem_core::Dialect;
+
+/// The statements of one dialect.
+pub(crate) struct KeySql {
+    pub schema: &'static str,
+    /// Inserts a running record; on PostgreSQL and SQLite the same
+    /// statement takes over an expired lease of the same fingerprint and
+    /// returns `attempt` (1 = new, more = taken over). On MySQL it is an
+    /// `INSERT IGNORE` (0 rows = the key exists) followed by `takeover`.
+    pub claim: &'static str,
+    /// MySQL only: takes over an expired lease of the same fingerprint.
+    pub takeover: &'static str,
+    /// Reads a record: fingerprint, state, status, headers, body, and the
+    /// microseconds left on its lease.
+    pub read: &'static str,
+    pub complete: &'static str,
+    pub release: &'static str,
+    pub purge: &'static str,
+}
+
+pub(crate) const fn for_dialect(dialect: Dialect) -> &'static KeySql {
+    match dialect {
+        Dialect::Postgres => &POSTGRES,
+        Dialect::MySql => &MYSQL,
+        Dialect::Sqlite => &SQLITE,
+    }
+}
+
+const POSTGRES: KeySql = KeySql {
+    schema: "\
+CREATE TABLE IF NOT EXISTS idem_keys (
+    scope        VARCHAR(512) NOT NULL,
+    idem_key     VARCHAR(255) NOT NULL,
+    fingerprint  VARCHAR(64)  NOT NULL,
+    state        VARCHAR(8)   NOT NULL CHECK (state IN ('running', 'done')),
+    token        BIGINT       NOT NULL,
+    attempt      INTEGER      NOT NULL,
+    lease_until  TIMESTAMPTZ,
+    status       INTEGER,
+    headers      TEXT,
+    body         BYTEA,
+    created_at   TIMESTAMPTZ  NOT NULL,
+    completed_at TIMESTAMPTZ,
+    PRIMARY KEY (scope, idem_key)
+);
+CREATE INDEX IF NOT EXISTS idem_keys_completed_at ON idem_keys (completed_at);
+CREATE INDEX IF NOT EXISTS idem_keys_lease_until ON idem_keys (lease_until);
+",
+    claim: "\
+INSERT INTO idem_keys AS k (scope, idem_key, fingerprint, token, lease_until, state, attempt, created_at)
+VALUES ($1, $2, $3, $4, now() + $5 * INTERVAL '1 microsecond', 'running', 1, now())
+ON CONFLICT (scope, idem_key) DO UPDATE
+SET token = EXCLUDED.token, lease_until = EXCLUDED.lease_until, attempt = k.attempt + 1
+WHERE k.state = 'running' AND k.lease_until <= now() AND k.fingerprint = EXCLUDED.fingerprint
+RETURNING attempt",
+    takeover: "",
+    read: "\
+SELECT fingerprint, state, status, headers, body,
+       CAST(EXTRACT(EPOCH FROM (lease_until - now())) * 1000000 AS BIGINT)
+FROM idem_keys WHERE scope = $1 AND idem_key = $2",
+    complete: "\
+UPDATE idem_keys
+SET state = 'done', status = $1, headers = $2, body = $3, completed_at = now(), lease_until = NULL
+WHERE scope = $4 AND idem_key = $5 AND token = $6 AND state = 'running'",
+    release: "\
+DELETE FROM idem_keys WHERE scope = $1 AND idem_key = $2 AND token = $3 AND state = 'running'",
+    purge: "\
+DELETE FROM idem_keys
+WHERE (state = 'done' AND completed_at <= now() - $1 * INTERVAL '1 microsecond')
+   OR (state = 'running' AND lease_until <= now() - $2 * INTERVAL '1 microsecond')",
+};
+
+const MYSQL: KeySql = KeySql {
+    schema: "\
+CREATE TABLE IF NOT EXISTS idem_keys (
+    scope        VARCHAR(512) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
+    idem_key     VARCHAR(255) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
+    fingerprint  VARCHAR(64)  CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
+    state        VARCHAR(8)   CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
+    token        BIGINT       NOT NULL,
+    attempt      INT          NOT NULL,
+    lease_until  DATETIME(6)  NULL,
+    status       INT          NULL,
+    headers      MEDIUMTEXT   CHARACTER SET utf8mb4 NULL,
+    body         LONGBLOB     NULL,
+    created_at   DATETIME(6)  NOT NULL,
+    completed_at DATETIME(6)  NULL,
+    PRIMARY KEY (scope, idem_key),
+    INDEX idem_keys_completed_at (completed_at),
+    INDEX idem_keys_lease_until (lease_until)
+) ENGINE = InnoDB
+",
+    claim: "\
+INSERT IGNORE INTO idem_keys (scope, idem_key, fingerprint, token, lease_until, state, attempt, created_at)
+VALUES (?, ?, ?, ?, UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND, 'running', 1, UTC_TIMESTAMP(6))",
+    takeover: "\
+UPDATE idem_keys
+SET token = ?, lease_until = UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND, attempt = attempt + 1
+WHERE scope = ? AND idem_key = ? AND fingerprint = ? AND state = 'running'
+  AND lease_until <= UTC_TIMESTAMP(6)",
+    // A locking read: inside a REPEATABLE READ transaction a plain SELECT
+    // would read the snapshot, not the row the INSERT just collided with.
+    // Shared, so concurrent duplicates do not deadlock each other.
+    read: "\
+SELECT fingerprint, state, status, headers, body,
+       TIMESTAMPDIFF(MICROSECOND, UTC_TIMESTAMP(6), lease_until)
+FROM idem_keys WHERE scope = ? AND idem_key = ? LOCK IN SHARE MODE",
+    complete: "\
+UPDATE idem_keys
+SET state = 'done', status = ?, headers = ?, body = ?, completed_at = UTC_TIMESTAMP(6), lease_until = NULL
+WHERE scope = ? AND idem_key = ? AND token = ? AND state = 'running'",
+    release: "\
+DELETE FROM idem_keys WHERE scope = ? AND idem_key = ? AND token = ? AND state = 'running'",
+    purge: "\
+DELETE FROM idem_keys
+WHERE (state = 'done' AND completed_at <= UTC_TIMESTAMP(6) - INTERVAL ? MICROSECOND)
+   OR (state = 'running' AND lease_until <= UTC_TIMESTAMP(6) - INTERVAL ? MICROSECOND)",
+};
+
+/// SQLite's clock in Unix seconds with millisecond precision; constant
+/// within one statement.
+macro_rules! sqlite_now {
+    () => {
+        "((julianday('now') - 2440587.5) * 86400.0)"
+    };
+}
+
+const SQLITE: KeySql = KeySql {
+    schema: "\
+CREATE TABLE IF NOT EXISTS idem_keys (
+    scope        TEXT    NOT NULL,
+    idem_key     TEXT    NOT NULL,
+    fingerprint  TEXT    NOT NULL,
+    state        TEXT    NOT NULL CHECK (state IN ('running', 'done')),
+    token        INTEGER NOT NULL,
+    attempt      INTEGER NOT NULL,
+    lease_until  REAL,
+    status       INTEGER,
+    headers      TEXT,
+    body         BLOB,
+    created_at   REAL    NOT NULL,
+    completed_at REAL,
+    PRIMARY KEY (scope, idem_key)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS idem_keys_completed_at ON idem_keys (completed_at);
+CREATE INDEX IF NOT EXISTS idem_keys_lease_until ON idem_keys (lease_until);
+",
+    claim: concat!(
+        "INSERT INTO idem_keys (scope, idem_key, fingerprint, token, lease_until, state, attempt, created_at)
+VALUES (?1, ?2, ?3, ?4, ",
+        sqlite_now!(),
+        " + ?5 / 1000000.0, 'running', 1, ",
+        sqlite_now!(),
+        ")
+ON CONFLICT (scope, idem_key) DO UPDATE
+SET token = excluded.token, lease_until = excluded.lease_until, attempt = idem_keys.attempt + 1
+WHERE idem_keys.state = 'running' AND idem_keys.lease_until <= ",
+        sqlite_now!(),
+        " AND idem_keys.fingerprint = excluded.fingerprint
+RETURNING attempt"
+    ),
+    takeover: "",
+    read: concat!(
+        "SELECT fingerprint, state, status, headers, body, CAST((lease_until - ",
+        sqlite_now!(),
+        ") * 1000000 AS INTEGER)
+FROM idem_keys WHERE scope = ?1 AND idem_key = ?2"
+    ),
+    complete: concat!(
+        "UPDATE idem_keys
+SET state = 'done', status = ?1, headers = ?2, body = ?3, completed_at = ",
+        sqlite_now!(),
+        ", lease_until = NULL
+WHERE scope = ?4 AND idem_key = ?5 AND token = ?6 AND state = 'running'"
+    ),
+    release: "\
+DELETE FROM idem_keys WHERE scope = ?1 AND idem_key = ?2 AND token = ?3 AND state = 'running'",
+    purge: concat!(
+        "DELETE FROM idem_keys
+WHERE (state = 'done' AND completed_at <= ",
+        sqlite_now!(),
+        " - ?1 / 1000000.0)
+   OR (state = 'running' AND lease_until <= ",
+        sqlite_now!(),
+        " - ?2 / 1000000.0)"
+    ),
+};

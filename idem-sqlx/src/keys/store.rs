@@ -1,0 +1,371 @@
+//! The store's statements, written once and expanded for each backend: the
+//! backends' query results and executors are concrete types, so a macro
+//! keeps one body instead of a wall of generic bounds.
+
+use std::time::Duration;
+
+use idem_core::keys::{Claim, Fingerprint, IdempotencyKey, Lease, Scope, StoredResponse};
+
+use crate::Error;
+
+/// How many times a claim re-runs its statements when the record vanished
+/// or its lease ran out between them, before it answers "in progress".
+const MAX_CLAIM_ROUNDS: u32 = 8;
+
+/// Longest duration sent to the database (a century, in microseconds), so
+/// `now + lease` never overflows a timestamp type.
+const MAX_MICROS: i64 = 100 * 365 * 24 * 3600 * 1_000_000;
+
+fn micros(duration: Duration) -> i64 {
+    i64::try_from(duration.as_micros()).map_or(MAX_MICROS, |m| m.min(MAX_MICROS))
+}
+
+/// A fresh lease token: random, so a key released and claimed again never
+/// gets a token an old holder still has.
+fn new_token() -> i64 {
+    rand::random()
+}
+
+/// A record as `read` returns it.
+type Row = (
+    String,
+    String,
+    Option<i32>,
+    Option<String>,
+    Option<Vec<u8>>,
+    Option<i64>,
+);
+
+/// What one `read` means for a claim.
+enum Read {
+    /// The record is gone or its lease just ran out: claim again.
+    Again,
+    /// A definite answer.
+    Answer(Claim),
+}
+
+fn interpret(row: Option<Row>, fingerprint: &Fingerprint) -> Result<Read, Error> {
+    let Some((stored_fp, state, status, headers, body, micros_left)) = row else {
+        return Ok(Read::Again);
+    };
+    if stored_fp != fingerprint.to_hex() {
+        return Ok(Read::Answer(Claim::KeyReused));
+    }
+    if state == "done" {
+        return decode_response(status, headers, body).map(|r| Read::Answer(Claim::Replay(r)));
+    }
+    match micros_left {
+        Some(left) if left > 0 => Ok(Read::Answer(Claim::InProgress {
+            retry_after: Duration::from_micros(left as u64),
+        })),
+        _ => Ok(Read::Again),
+    }
+}
+
+fn decode_error(message: String) -> Error {
+    Error::Database(sqlx::Error::Decode(message.into()))
+}
+
+fn decode_response(
+    status: Option<i32>,
+    headers: Option<String>,
+    body: Option<Vec<u8>>,
+) -> Result<StoredResponse, Error> {
+    let status = status
+        .and_then(|s| u16::try_from(s).ok())
+        .ok_or_else(|| decode_error(format!("idem_keys.status {status:?} is no status code")))?;
+    let headers = serde_json::from_str(headers.as_deref().unwrap_or("[]"))
+        .map_err(|e| decode_error(format!("idem_keys.headers is not the JSON idem wrote: {e}")))?;
+    Ok(StoredResponse {
+        status,
+        headers,
+        body: body.unwrap_or_default(),
+    })
+}
+
+fn encode_headers(response: &StoredResponse) -> String {
+    serde_json::to_string(&response.headers).expect("a list of strings and bytes serializes")
+}
+
+/// The arguments of a claim.
+pub(super) struct ClaimArgs<'a> {
+    pub scope: &'a Scope,
+    pub key: &'a IdempotencyKey,
+    pub fingerprint: &'a Fingerprint,
+    pub lease: Duration,
+}
+
+impl ClaimArgs<'_> {
+    fn lease(&self, token: i64) -> Lease {
+        Lease::new(self.scope.clone(), self.key.clone(), token)
+    }
+}
+
+macro_rules! sql_key_store {
+    ($feature:literal, $db:ty) => {
+        #[cfg(feature = $feature)]
+        const _: () = {
+            use std::sync::Arc;
+
+            use async_trait::async_trait;
+            use futures::future::BoxFuture;
+            use idem_core::keys::{Completion, KeyStore};
+            use sqlx::Database;
+
+            use super::sql::{for_dialect, KeySql};
+            use super::{Once, SqlKeyStore};
+            use crate::retry::{run_transaction, Failure};
+            use crate::{Backend, HandlerError};
+
+            type Conn = <$db as Database>::Connection;
+
+            const SQL: &KeySql = for_dialect(<$db as Backend>::DIALECT);
+
+            /// Inserts the record, or takes over an expired lease; `Some`
+            /// with whether it was taken over, `None` when the key exists.
+            async fn insert_or_take_over(
+                conn: &mut Conn,
+                args: &ClaimArgs<'_>,
+                token: i64,
+            ) -> Result<Option<bool>, sqlx::Error> {
+                let fingerprint = args.fingerprint.to_hex();
+                let lease = micros(args.lease);
+                if SQL.takeover.is_empty() {
+                    let attempt: Option<i32> = sqlx::query_scalar(SQL.claim)
+                        .bind(args.scope.as_str())
+                        .bind(args.key.as_str())
+                        .bind(&fingerprint)
+                        .bind(token)
+                        .bind(lease)
+                        .fetch_optional(&mut *conn)
+                        .await?;
+                    return Ok(attempt.map(|a| a > 1));
+                }
+                let inserted = sqlx::query(SQL.claim)
+                    .bind(args.scope.as_str())
+                    .bind(args.key.as_str())
+                    .bind(&fingerprint)
+                    .bind(token)
+                    .bind(lease)
+                    .execute(&mut *conn)
+                    .await?
+                    .rows_affected();
+                if inserted == 1 {
+                    return Ok(Some(false));
+                }
+                let taken = sqlx::query(SQL.takeover)
+                    .bind(token)
+                    .bind(lease)
+                    .bind(args.scope.as_str())
+                    .bind(args.key.as_str())
+                    .bind(&fingerprint)
+                    .execute(&mut *conn)
+                    .await?
+                    .rows_affected();
+                Ok((taken == 1).then_some(true))
+            }
+
+            async fn claim_on(conn: &mut Conn, args: &ClaimArgs<'_>) -> Result<Claim, Error> {
+                for _ in 0..MAX_CLAIM_ROUNDS {
+                    let token = new_token();
+                    match insert_or_take_over(conn, args, token)
+                        .await
+                        .map_err(db_error)?
+                    {
+                        Some(false) => return Ok(Claim::New(args.lease(token))),
+                        Some(true) => return Ok(Claim::Recovered(args.lease(token))),
+                        None => {}
+                    }
+                    let row: Option<Row> = sqlx::query_as(SQL.read)
+                        .bind(args.scope.as_str())
+                        .bind(args.key.as_str())
+                        .fetch_optional(&mut *conn)
+                        .await
+                        .map_err(db_error)?;
+                    if let Read::Answer(claim) = interpret(row, args.fingerprint)? {
+                        return Ok(claim);
+                    }
+                }
+                // Other requests keep releasing and re-claiming this key
+                // between our statements: it is busy, so say so.
+                Ok(Claim::InProgress {
+                    retry_after: Duration::from_secs(1),
+                })
+            }
+
+            async fn complete_on(
+                conn: &mut Conn,
+                lease: &Lease,
+                response: &StoredResponse,
+            ) -> Result<Completion, sqlx::Error> {
+                let done = sqlx::query(SQL.complete)
+                    .bind(i32::from(response.status))
+                    .bind(encode_headers(response))
+                    .bind(response.body.as_slice())
+                    .bind(lease.scope().as_str())
+                    .bind(lease.key().as_str())
+                    .bind(lease.token())
+                    .execute(&mut *conn)
+                    .await?
+                    .rows_affected();
+                Ok(if done == 1 {
+                    Completion::Stored
+                } else {
+                    Completion::LeaseLost
+                })
+            }
+
+            fn db_error(error: sqlx::Error) -> Error {
+                match <$db as Backend>::error_kind(&error) {
+                    crate::ErrorKind::Transient => Error::Retryable(error),
+                    _ => Error::Database(error),
+                }
+            }
+
+            #[async_trait]
+            impl KeyStore for SqlKeyStore<$db> {
+                type Error = Error;
+
+                async fn claim(
+                    &self,
+                    scope: &Scope,
+                    key: &IdempotencyKey,
+                    fingerprint: &Fingerprint,
+                    lease: Duration,
+                ) -> Result<Claim, Error> {
+                    let mut conn = self.pool.acquire().await.map_err(Error::Database)?;
+                    let args = ClaimArgs {
+                        scope,
+                        key,
+                        fingerprint,
+                        lease,
+                    };
+                    claim_on(&mut conn, &args).await
+                }
+
+                async fn complete(
+                    &self,
+                    lease: &Lease,
+                    response: &StoredResponse,
+                ) -> Result<Completion, Error> {
+                    let mut conn = self.pool.acquire().await.map_err(Error::Database)?;
+                    complete_on(&mut conn, lease, response)
+                        .await
+                        .map_err(db_error)
+                }
+
+                async fn release(&self, lease: &Lease) -> Result<(), Error> {
+                    sqlx::query(SQL.release)
+                        .bind(lease.scope().as_str())
+                        .bind(lease.key().as_str())
+                        .bind(lease.token())
+                        .execute(&self.pool)
+                        .await
+                        .map_err(db_error)?;
+                    Ok(())
+                }
+
+                async fn purge(&self, retention: Duration) -> Result<u64, Error> {
+                    let retention = micros(retention);
+                    let purged = sqlx::query(SQL.purge)
+                        .bind(retention)
+                        .bind(retention)
+                        .execute(&self.pool)
+                        .await
+                        .map_err(db_error)?
+                        .rows_affected();
+                    Ok(purged)
+                }
+            }
+
+            impl SqlKeyStore<$db> {
+                /// Creates the `idem_keys` table and its indexes unless they
+                /// exist ([`schema`](super::schema)).
+                pub async fn install(&self) -> Result<(), Error> {
+                    let mut conn = self.pool.acquire().await.map_err(Error::Database)?;
+                    sqlx::raw_sql(SQL.schema)
+                        .execute(&mut *conn)
+                        .await
+                        .map_err(Error::Database)?;
+                    Ok(())
+                }
+
+                /// The transactional mode: in ONE transaction, claims
+                /// `(scope, key)`, runs `work` on the transaction and stores
+                /// the response it returns, then commits — so work that only
+                /// writes to this database runs exactly once, with no lease.
+                ///
+                /// A concurrent call with the same key waits for this
+                /// transaction (on the key's row, or on SQLite's single
+                /// writer) and then gets [`Once::Replayed`]. If `work` fails,
+                /// everything rolls back, the key included, and the error is
+                /// returned as [`HandlerError::Handler`]: a retry runs again.
+                /// The same key with another fingerprint is
+                /// `idem_core::Error::KeyReused`; a key held by a live lease
+                /// of the leased mode is `idem_core::Error::InProgress`.
+                ///
+                /// On a serialization failure, deadlock or busy database the
+                /// whole transaction runs again (up to the store's
+                /// [`RetryPolicy`](crate::RetryPolicy)), so `work` is `Fn`.
+                pub async fn run_once<E, F>(
+                    &self,
+                    scope: &Scope,
+                    key: &IdempotencyKey,
+                    fingerprint: &Fingerprint,
+                    work: F,
+                ) -> Result<Once, HandlerError<E>>
+                where
+                    E: Send + 'static,
+                    F: for<'t> Fn(
+                            &'t mut sqlx::Transaction<'static, $db>,
+                        ) -> BoxFuture<'t, Result<StoredResponse, E>>
+                        + Send
+                        + Sync
+                        + 'static,
+                {
+                    // Each attempt's future owns what it uses: the runner's
+                    // closure hands out futures for any transaction lifetime.
+                    let shared = Arc::new((work, scope.clone(), key.clone(), *fingerprint));
+                    run_transaction(&self.pool, &self.retry, move |tx| {
+                        let shared = Arc::clone(&shared);
+                        Box::pin(async move {
+                            let (work, scope, key, fingerprint) = &*shared;
+                            let args = ClaimArgs {
+                                scope,
+                                key,
+                                fingerprint,
+                                lease: idem_core::keys::DEFAULT_LEASE,
+                            };
+                            let lease = match claim_on(&mut **tx, &args).await? {
+                                Claim::New(lease) | Claim::Recovered(lease) => lease,
+                                Claim::Replay(response) => return Ok(Once::Replayed(response)),
+                                Claim::InProgress { retry_after } => {
+                                    return Err(Failure::Idem(Error::Core(
+                                        idem_core::Error::InProgress { retry_after },
+                                    )))
+                                }
+                                Claim::KeyReused => {
+                                    return Err(Failure::Idem(Error::Core(
+                                        idem_core::Error::KeyReused,
+                                    )))
+                                }
+                            };
+                            let response = work(tx).await.map_err(Failure::Handler)?;
+                            match complete_on(&mut **tx, &lease, &response).await? {
+                                Completion::Stored => Ok(Once::Ran(response)),
+                                Completion::LeaseLost => {
+                                    Err(Failure::Idem(Error::Core(idem_core::Error::LeaseLost)))
+                                }
+                            }
+                        })
+                    })
+                    .await
+                }
+            }
+        };
+    };
+}
+
+sql_key_store!("postgres", sqlx::Postgres);
+sql_key_store!("mysql", sqlx::MySql);
+sql_key_store!("sqlite", sqlx::Sqlite);
