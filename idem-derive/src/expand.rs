@@ -92,8 +92,9 @@ fn expand(input: &DeriveInput, machine: &Machine<'_>, graph: &Graph<'_>) -> Toke
         }
         None => quote!(::core::option::Option::None),
     };
-    let value = Ident::new("value", Span::mixed_site());
-    let f = Ident::new("f", Span::mixed_site());
+    // Local names a user's constant of the same name cannot capture.
+    let value = Ident::new("__value", Span::mixed_site());
+    let f = Ident::new("__formatter", Span::mixed_site());
     let accessors = graph
         .transitions
         .iter()
