@@ -113,10 +113,19 @@ pub const fn schema(dialect: Dialect) -> &'static str {
 ///
 /// It implements [`KeyStore`](idem_core::keys::KeyStore) (the leased mode)
 /// and [`SqlKeyStore::run_once`] (the transactional mode).
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct SqlKeyStore<B: sqlx::Database> {
     pool: sqlx::Pool<B>,
     retry: RetryPolicy,
+}
+
+impl<B: sqlx::Database> Clone for SqlKeyStore<B> {
+    fn clone(&self) -> Self {
+        SqlKeyStore {
+            pool: self.pool.clone(),
+            retry: self.retry,
+        }
+    }
 }
 
 impl<B: sqlx::Database> SqlKeyStore<B> {

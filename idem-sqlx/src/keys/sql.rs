@@ -105,9 +105,10 @@ WHERE scope = ? AND idem_key = ? AND fingerprint = ? AND state = 'running'
   AND lease_until <= UTC_TIMESTAMP(6)",
     // A locking read: inside a REPEATABLE READ transaction a plain SELECT
     // would read the snapshot, not the row the INSERT just collided with.
-    // Shared, so concurrent duplicates do not deadlock each other.
+    // Shared, so concurrent duplicates do not deadlock each other. The
+    // binary collations make the text columns VARBINARY to the driver.
     read: "\
-SELECT fingerprint, state, status, headers, body,
+SELECT CAST(fingerprint AS CHAR), CAST(state AS CHAR), status, headers, body,
        TIMESTAMPDIFF(MICROSECOND, UTC_TIMESTAMP(6), lease_until)
 FROM idem_keys WHERE scope = ? AND idem_key = ? LOCK IN SHARE MODE",
     complete: "\

@@ -282,9 +282,8 @@ macro_rules! sql_key_store {
                 /// Creates the `idem_keys` table and its indexes unless they
                 /// exist ([`schema`](super::schema)).
                 pub async fn install(&self) -> Result<(), Error> {
-                    let mut conn = self.pool.acquire().await.map_err(Error::Database)?;
                     sqlx::raw_sql(SQL.schema)
-                        .execute(&mut *conn)
+                        .execute(&self.pool)
                         .await
                         .map_err(Error::Database)?;
                     Ok(())
