@@ -7,10 +7,19 @@ use syn::parse::{Parse, ParseStream};
 use syn::{Attribute, Ident, LitStr, Token};
 
 use crate::case::RenameRule;
-use crate::ctxt::Ctxt;
+use crate::ctxt::{did_you_mean, Ctxt};
 
-const ENUM_KEYS: &str = "table, column, key, history, rename_all, transitions, assign, crate";
-const VARIANT_KEYS: &str = "initial, rename";
+const ENUM_KEYS: &[&str] = &[
+    "table",
+    "column",
+    "key",
+    "history",
+    "rename_all",
+    "transitions",
+    "assign",
+    "crate",
+];
+const VARIANT_KEYS: &[&str] = &["initial", "rename"];
 
 /// A key that may be given once. Remembers where, for "first defined here".
 struct Once<T> {
@@ -112,8 +121,12 @@ impl Container {
                         None => cx.error_spanned_by(
                             &name,
                             format!(
-                                "unknown rename_all rule `{}`: expected one of {}",
+                                "unknown rename_all rule `{}`:{} expected one of {}",
                                 name.value(),
+                                did_you_mean(
+                                    &name.value(),
+                                    RenameRule::NAMES.iter().map(|(rule, _)| rule)
+                                ),
                                 RenameRule::expected()
                             ),
                         ),
@@ -151,11 +164,13 @@ impl Container {
                     );
                     skip_value(&meta)?;
                 } else {
+                    let name = path_name(path);
                     cx.error_spanned_by(
                         path,
                         format!(
-                            "unknown state_machine key `{}`: expected one of {ENUM_KEYS}",
-                            path_name(path)
+                            "unknown state_machine key `{name}`:{} expected one of {}",
+                            did_you_mean(&name, ENUM_KEYS),
+                            ENUM_KEYS.join(", ")
                         ),
                     );
                     skip_value(&meta)?;
@@ -193,11 +208,13 @@ impl VariantAttrs {
                 } else if path.is_ident("rename") {
                     rename.set(cx, path, meta.value()?.parse()?);
                 } else {
+                    let name = path_name(path);
                     cx.error_spanned_by(
                         path,
                         format!(
-                            "unknown state_machine key `{}` on a variant: expected one of {VARIANT_KEYS}",
-                            path_name(path)
+                            "unknown state_machine key `{name}` on a variant:{} expected one of {}",
+                            did_you_mean(&name, VARIANT_KEYS),
+                            VARIANT_KEYS.join(", ")
                         ),
                     );
                     skip_value(&meta)?;

@@ -10,7 +10,7 @@ use syn::{Ident, LitStr};
 
 use crate::ast::Machine;
 use crate::attr::{Sources, TransitionDef};
-use crate::ctxt::Ctxt;
+use crate::ctxt::{did_you_mean, Ctxt};
 
 /// Names of the inherent functions the derive generates besides one per
 /// transition.
@@ -70,9 +70,12 @@ pub(crate) fn resolve<'a>(cx: &Ctxt, machine: &'a Machine<'_>) -> Option<Graph<'
         .iter()
         .map(|def| edge(cx, machine, def))
         .collect::<Vec<_>>();
+    let assigned = assignments(cx, machine, table.as_ref(), defs);
     let mut transitions = resolved.into_iter().collect::<Option<Vec<_>>>()?;
+    for (edge, assignments) in transitions.iter_mut().zip(assigned) {
+        edge.assignments = assignments;
+    }
     check_edges(cx, machine, defs, &transitions);
-    attach_assignments(cx, machine, table.as_ref(), &mut transitions);
     // With a transition that did not parse, states it would have reached
     // would be reported as unreachable.
     if !machine.attrs.malformed.is_empty() {
@@ -276,17 +279,19 @@ fn state_index(
 ) -> Option<usize> {
     let found = machine.states.iter().position(|state| state.ident == ident);
     if found.is_none() {
-        let known = machine
-            .states
-            .iter()
-            .map(|state| format!("`{}`", state.ident))
-            .collect::<Vec<_>>()
-            .join(", ");
+        let names = machine.states.iter().map(|state| state.name());
+        let known = names
+            .clone()
+            .map(|name| format!("`{name}`"))
+            .collect::<Vec<_>>();
         cx.error_spanned_by(
             ident,
             format!(
-                "unknown state `{ident}` in transition `{}`: {} has the states {known}",
-                def.name, machine.ident
+                "unknown state `{ident}` in transition `{}`:{} {} has the states {}",
+                def.name,
+                did_you_mean(&ident.to_string(), names),
+                machine.ident,
+                known.join(", ")
             ),
         );
     }
@@ -337,27 +342,35 @@ fn source_token(
     }
 }
 
-/// `assign(transition, column = "expr")`: known transition, safe column,
-/// not the state column, each column once per transition.
-fn attach_assignments(
+/// `assign(transition, column = "expr")`, per transition (in `defs` order):
+/// a known transition, a safe column, not the state column, each column
+/// once per transition.
+fn assignments(
     cx: &Ctxt,
     machine: &Machine<'_>,
     table: Option<&Binding>,
-    edges: &mut [Edge<'_>],
-) {
-    let mut seen: HashMap<(String, String), &Ident> = HashMap::new();
+    defs: &[TransitionDef],
+) -> Vec<Vec<(String, String)>> {
+    let mut per_transition = vec![Vec::new(); defs.len()];
+    let mut seen: HashMap<(usize, String), &Ident> = HashMap::new();
     for assign in &machine.attrs.assigns {
         let transition = assign.transition.unraw().to_string();
         let column = assign.column.unraw().to_string();
-        let Some(edge) = edges.iter_mut().find(|edge| edge.name() == transition) else {
-            let known = edges
-                .iter()
-                .map(|edge| format!("`{}`", edge.name))
-                .collect::<Vec<_>>()
-                .join(", ");
+        let names = defs.iter().map(|def| def.name.unraw().to_string());
+        let Some(index) = names.clone().position(|name| name == transition) else {
+            let mut known = Vec::new();
+            for name in names.clone().map(|name| format!("`{name}`")) {
+                if !known.contains(&name) {
+                    known.push(name);
+                }
+            }
             cx.error_spanned_by(
                 &assign.transition,
-                format!("`assign` names the unknown transition `{transition}`: the transitions are {known}"),
+                format!(
+                    "`assign` names the unknown transition `{transition}`:{} the transitions are {}",
+                    did_you_mean(&transition, names),
+                    known.join(", ")
+                ),
             );
             continue;
         };
@@ -382,7 +395,7 @@ fn attach_assignments(
                     "`{column}` is the state column: the transition already sets it to its target"
                 ),
             );
-        } else if let Some(first) = seen.get(&(transition.clone(), column.clone())) {
+        } else if let Some(first) = seen.get(&(index, column.clone())) {
             cx.duplicate(
                 &assign.column,
                 first,
@@ -394,10 +407,11 @@ fn attach_assignments(
                 "the SQL expression is empty: write the value to assign, e.g. \"CURRENT_TIMESTAMP\"",
             );
         } else {
-            seen.insert((transition, column.clone()), &assign.column);
-            edge.assignments.push((column, assign.expr.value()));
+            seen.insert((index, column.clone()), &assign.column);
+            per_transition[index].push((column, assign.expr.value()));
         }
     }
+    per_transition
 }
 
 /// The states marked `initial`, or the first state when none is.
@@ -437,6 +451,47 @@ fn check_reachable(cx: &Ctxt, machine: &Machine<'_>, initial: &[usize], edges: &
                     state.ident
                 ),
             );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_sql_identifier;
+
+    #[test]
+    fn plain_identifiers_are_safe() {
+        for ident in ["invoices", "_x", "Invoice_2", "a"] {
+            assert!(is_sql_identifier(ident, false), "{ident}");
+            assert!(is_sql_identifier(ident, true), "{ident}");
+        }
+    }
+
+    #[test]
+    fn a_schema_is_allowed_only_where_qualified() {
+        assert!(is_sql_identifier("billing.invoices", true));
+        assert!(!is_sql_identifier("billing.invoices", false));
+    }
+
+    #[test]
+    fn anything_else_is_unsafe() {
+        for ident in [
+            "",
+            "1a",
+            "a b",
+            "a-b",
+            "a;b",
+            "a\"b",
+            "a'b",
+            "a`b",
+            ".a",
+            "a.",
+            "a..b",
+            "a.b.c",
+            "caf\u{e9}",
+            "a\n",
+        ] {
+            assert!(!is_sql_identifier(ident, true), "{ident:?}");
         }
     }
 }

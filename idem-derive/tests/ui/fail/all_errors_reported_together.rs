@@ -7,6 +7,7 @@ use idem_derive::StateMachine;
     issue: Issued -> Paid,
     pay:   Paid   -> Paid,
 ))]
+#[state_machine(assign(refund, refunded_at = "CURRENT_TIMESTAMP"))]
 enum InvoiceStatus {
     Draft,
     Issued,
