@@ -37,8 +37,9 @@ pub(crate) fn crate_path(machine: &Machine<'_>) -> syn::Path {
                 let name = Ident::new(&name, Span::call_site());
                 return syn::parse_quote!(::#name);
             }
-            // The package itself: its doctests and examples, which reach
-            // the library by its name.
+            // The package itself: its doctests, examples and benches reach
+            // the library by its name. (Its own library code would have to
+            // say `crate = "crate"`.)
             Ok(FoundCrate::Itself) => {
                 let name = Ident::new(lib, Span::call_site());
                 return syn::parse_quote!(::#name);

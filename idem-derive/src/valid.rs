@@ -45,8 +45,8 @@ pub(crate) struct Binding {
     pub history: Option<String>,
 }
 
-/// Checks `machine` and resolves its transitions; `None` when a transition
-/// could not be resolved (the errors are in `cx`).
+/// Checks `machine` and resolves its transitions; `None` when there is no
+/// graph to generate from (the reasons are reported to `cx`).
 pub(crate) fn resolve<'a>(cx: &Ctxt, machine: &'a Machine<'_>) -> Option<Graph<'a>> {
     check_values(cx, machine);
     let table = binding(cx, machine);
