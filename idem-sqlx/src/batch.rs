@@ -16,8 +16,20 @@ use sqlx::{ColumnIndex, Database, Executor, IntoArguments};
 use crate::backend::{db_error, parse};
 use crate::{Backend, Error, Key};
 
-/// The outcome of every key, or the source index it is to move from.
-pub(crate) type Groups<S> = Vec<Result<Outcome<S>, usize>>;
+/// What the batch read found for one key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Slot<S> {
+    /// Nothing to write: the outcome is known.
+    Settled(Outcome<S>),
+    /// The row is in `sources[i]`: the batch update from it moves it.
+    Move(usize),
+    /// The key was given before, at this position: it gets that key's
+    /// outcome, or `AlreadyApplied` when that one moved the row.
+    Again(usize),
+}
+
+/// One slot per key, in the order given.
+pub(crate) type Groups<S> = Vec<Slot<S>>;
 
 fn placeholders(n: usize) -> String {
     vec!["?"; n].join(", ")
@@ -76,11 +88,19 @@ where
     }
     Ok(states
         .into_iter()
-        .map(|state| match transition.settled(state) {
-            Some(outcome) => Ok(outcome),
-            None => Err(state
-                .and_then(|s| transition.source_index(s))
-                .expect("settled() is None only for a source state")),
+        .enumerate()
+        .map(|(i, state)| {
+            if let Some(first) = keys[..i].iter().position(|k| *k == keys[i]) {
+                return Slot::Again(first);
+            }
+            match transition.settled(state) {
+                Some(outcome) => Slot::Settled(outcome),
+                None => Slot::Move(
+                    state
+                        .and_then(|s| transition.source_index(s))
+                        .expect("settled() is None only for a source state"),
+                ),
+            }
         })
         .collect())
 }
@@ -113,7 +133,7 @@ where
         let members: Vec<usize> = groups
             .iter()
             .enumerate()
-            .filter(|(_, g)| **g == Err(index))
+            .filter(|(_, g)| **g == Slot::Move(index))
             .map(|(i, _)| i)
             .collect();
         if members.is_empty() {
@@ -143,8 +163,21 @@ where
         }
     }
     let sources = transition.sources();
+    let outcome = |slot: Slot<S>| match slot {
+        Slot::Settled(outcome) => Some(outcome),
+        Slot::Move(index) => Some(transition.applied_from(sources[index])),
+        Slot::Again(_) => None,
+    };
     Ok(groups
-        .into_iter()
-        .map(|g| g.unwrap_or_else(|index| transition.applied_from(sources[index])))
+        .iter()
+        .map(|slot| match *slot {
+            Slot::Again(first) => match groups[first] {
+                Slot::Move(_) => Outcome::AlreadyApplied {
+                    state: transition.target(),
+                },
+                other => outcome(other).expect("the first occurrence is never a repeat"),
+            },
+            other => outcome(other).expect("not a repeat"),
+        })
         .collect())
 }

@@ -10,7 +10,7 @@ use crate::Backend;
 ///
 /// Implemented for `i64`, `i32`, `String` and `&str` on every backend, and
 /// for `uuid::Uuid` with the `uuid` feature.
-pub trait Key<DB: Backend>: Send + Sync {
+pub trait Key<DB: Backend>: PartialEq + Send + Sync {
     /// Adds the key to a statement's arguments.
     fn add_to<'q>(&'q self, args: &mut DB::Arguments<'q>) -> Result<(), BoxDynError>;
 

@@ -98,8 +98,7 @@ async fn apply<S: State, K: Key<Postgres>>(
 }
 
 /// The whole batch in one statement (keys bound as one array); a key whose
-/// row changed under the statement, or that was given twice, is applied
-/// again on its own.
+/// row changed under the statement is applied again on its own.
 async fn apply_many<S: State, K: Key<Postgres>>(
     conn: &mut PgConnection,
     transition: &'static Transition<S>,
@@ -115,8 +114,17 @@ async fn apply_many<S: State, K: Key<Postgres>>(
         .fetch_all(&mut *conn)
         .await
         .map_err(db_error::<Postgres>)?;
-    let mut outcomes = Vec::with_capacity(keys.len());
-    for ((_, before, applied), key) in rows.into_iter().zip(keys) {
+    let mut outcomes: Vec<Outcome<S>> = Vec::with_capacity(keys.len());
+    for (i, ((_, before, applied), key)) in rows.into_iter().zip(keys).enumerate() {
+        // A key given twice was applied (or settled) at its first position.
+        if let Some(first) = keys[..i].iter().position(|k| k == key) {
+            let outcome = match outcomes[first] {
+                Outcome::Applied { to, .. } => Outcome::AlreadyApplied { state: to },
+                other => other,
+            };
+            outcomes.push(outcome);
+            continue;
+        }
         let before = parse::<S>(before)?;
         let outcome = match (before, applied) {
             (Some(from), true) => transition.applied_from(from),
