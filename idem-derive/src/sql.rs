@@ -1,5 +1,6 @@
 //! The SQL every transition compiles to, for every dialect, as tokens of an
-//! `::idem_core::TransitionSql` constant.
+//! `idem_core::TransitionSql` constant (`idem_core` is the alias the
+//! expansion brings into scope for the crate path in use).
 //!
 //! Identifiers are quoted per dialect (they were validated as plain SQL
 //! identifiers before), states are embedded as string literals, and the
@@ -344,7 +345,7 @@ fn emit(s: Statements) -> TokenStream {
         many_from,
     } = s;
     quote! {
-        ::idem_core::DialectSql {
+        idem_core::DialectSql {
             apply: #apply,
             current: #current,
             apply_from: &[#(#apply_from),*],
@@ -355,13 +356,13 @@ fn emit(s: Statements) -> TokenStream {
     }
 }
 
-/// The `::idem_core::TransitionSql` constant expression of one transition.
+/// The `idem_core::TransitionSql` constant expression of one transition.
 pub(crate) fn transition_sql(table: &TableSpec<'_>, t: &TransitionSpec<'_>) -> TokenStream {
     let postgres = emit(statements(Dialect::Postgres, table, t));
     let mysql = emit(statements(Dialect::MySql, table, t));
     let sqlite = emit(statements(Dialect::Sqlite, table, t));
     quote! {
-        ::idem_core::TransitionSql {
+        idem_core::TransitionSql {
             postgres: #postgres,
             mysql: #mysql,
             sqlite: #sqlite,
