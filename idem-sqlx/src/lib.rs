@@ -59,12 +59,13 @@
 //! creates the optional history table. How many statements each call
 //! sends per backend is in [`TransitionExt`]'s documentation.
 
-
 mod backend;
 mod batch;
 mod error;
 mod handler;
 pub mod history;
+pub mod inbox;
+mod insert;
 mod key;
 pub mod keys;
 #[cfg(feature = "mysql")]
@@ -79,6 +80,7 @@ mod transition;
 pub use backend::{Backend, ErrorKind};
 pub use error::{Error, HandlerError};
 pub use handler::TransitionHandler;
+pub use insert::{insert_once, Insert, InsertBackend};
 pub use key::Key;
 pub use retry::{RetryPolicy, RETRY_TARGET};
 pub use transition::TransitionExt;

@@ -1,0 +1,540 @@
+//! The deduplication inbox: a consumer's effects happen once per event,
+//! however often the broker delivers it.
+//!
+//! [`Inbox::process`] runs, in ONE transaction idem owns: insert the marker
+//! (consumer, event id, processed_at) into `idem_inbox`, then the handler.
+//! The marker goes first, so a concurrent duplicate delivery blocks on the
+//! marker's unique-index entry until the first commits (then it sees the
+//! marker and returns [`Delivery::Duplicate`] without running the handler)
+//! or rolls back (then it runs the handler itself). Only one delivery of an
+//! event is ever inside the handler at a time. A handler error rolls back
+//! the handler's writes and the marker, so the redelivery runs again.
+//!
+//! # A consumer loop
+//!
+//! Broker-agnostic: acknowledge a delivery only after `process` returned
+//! `Ok` — the transaction has committed by then, whether this delivery ran
+//! the handler or found it processed before. On an error nothing was
+//! committed: reject the delivery (or let it time out) and the broker
+//! redelivers it.
+//!
+//! ```
+//! use async_trait::async_trait;
+//! use idem_sqlx::inbox::{install, Delivery, EventId, Inbox, InboxHandler};
+//! use sqlx::sqlite::{SqliteConnection, SqlitePoolOptions};
+//! use sqlx::Sqlite;
+//!
+//! /// Records a payment. Its writes go through `conn`, in the transaction
+//! /// that records the marker.
+//! struct RecordPayment;
+//!
+//! #[async_trait]
+//! impl InboxHandler<Sqlite> for RecordPayment {
+//!     type Output = ();
+//!     type Error = sqlx::Error;
+//!
+//!     async fn handle(&self, conn: &mut SqliteConnection, event: &EventId) -> Result<(), sqlx::Error> {
+//!         sqlx::query("INSERT INTO payments (event_id) VALUES (?)")
+//!             .bind(event.as_str())
+//!             .execute(conn)
+//!             .await?;
+//!         Ok(())
+//!     }
+//! }
+//!
+//! /// Stands for a delivery of any broker (SQS, Kafka, RabbitMQ, NATS, ...).
+//! struct BrokerDelivery {
+//!     message_id: String,
+//!     acked: bool,
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let pool = SqlitePoolOptions::new().max_connections(1).connect("sqlite::memory:").await?;
+//! sqlx::query("CREATE TABLE payments (event_id TEXT NOT NULL)").execute(&pool).await?;
+//! install(&pool).await?; // or run `schema(Dialect::Sqlite)` in your migrations
+//!
+//! let inbox = Inbox::new(pool.clone(), "payments")?;
+//! // The broker delivered evt-1 twice (a lost acknowledgement).
+//! let deliveries = ["evt-1", "evt-2", "evt-1"].map(|id| BrokerDelivery {
+//!     message_id: id.to_owned(),
+//!     acked: false,
+//! });
+//!
+//! for mut delivery in deliveries {
+//!     let event = EventId::new(delivery.message_id.as_str())?;
+//!     match inbox.process(&event, &RecordPayment).await {
+//!         // Committed (or processed before): acknowledge.
+//!         Ok(Delivery::Processed(())) | Ok(Delivery::Duplicate) => delivery.acked = true,
+//!         // Rolled back, no marker: do not acknowledge; the broker
+//!         // redelivers and the handler runs again.
+//!         Err(error) => eprintln!("{event}: {error}"),
+//!     }
+//!     assert!(delivery.acked);
+//! }
+//!
+//! let payments: i64 = sqlx::query_scalar("SELECT count(*) FROM payments").fetch_one(&pool).await?;
+//! assert_eq!(payments, 2);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # The dedup window
+//!
+//! Markers are kept for a window (24 hours unless set with
+//! [`Inbox::with_window`]); [`Inbox::purge`] deletes older ones by the
+//! database's clock. A redelivery after its marker was purged runs the
+//! handler again, so **the window must exceed the longest delay after
+//! which the broker can redeliver an event** — its maximum redelivery or
+//! retry delay, message retention for replays, dead-letter re-drives —
+//! with a margin. Run `purge` periodically (e.g. hourly); concurrent purges
+//! are safe and never touch markers inside the window.
+//!
+//! # Backends
+//!
+//! The table is keyed by `PRIMARY KEY (consumer, event_id)`; ids compare
+//! byte for byte on every backend (`VARBINARY` on MySQL, whose text
+//! collations ignore case and trailing spaces). The marker is written with
+//! `INSERT ... ON CONFLICT DO NOTHING` on PostgreSQL (a duplicate never
+//! aborts the transaction), `INSERT IGNORE` on MySQL/MariaDB (event ids
+//! and consumer names are validated to fit the columns, so IGNORE never
+//! truncates) and `INSERT ... ON CONFLICT DO NOTHING` after
+//! `BEGIN IMMEDIATE` on SQLite (configure a busy timeout on the pool:
+//! concurrent deliveries wait for the write lock). Serialization failures,
+//! deadlocks and busy errors are retried with the inbox's [`RetryPolicy`];
+//! the handler takes `&self` so it can run again after such a rollback.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::future::BoxFuture;
+use idem_core::inbox::validate_consumer;
+use idem_core::Dialect;
+use sqlx::Pool;
+
+pub use idem_core::inbox::{Delivery, EventId, DEFAULT_WINDOW};
+
+use crate::retry::{run_attempts, Attempt, Failure};
+use crate::{Backend, Error, HandlerError, RetryPolicy};
+
+/// The name of idem's inbox table.
+pub const TABLE: &str = "idem_inbox";
+
+/// Windows longer than this are treated as this long (no marker can be
+/// older, and every backend can subtract it from the current time).
+const MAX_WINDOW: Duration = Duration::from_secs(100 * 366 * 24 * 60 * 60);
+
+/// An event consumer's work, run by [`Inbox::process`] in the transaction
+/// that records the event's marker: both commit or neither does.
+///
+/// It takes `&self` because idem runs the whole transaction again after a
+/// serialization failure, deadlock or busy database: the writes of the
+/// failed attempt were rolled back with it, so running it again is safe as
+/// long as its effects are writes through `conn`. (Calls to the outside
+/// world belong in an outbox row written here.)
+#[async_trait]
+pub trait InboxHandler<B: Backend>: Send + Sync {
+    /// What the handler returns, as [`Delivery::Processed`].
+    type Output: Send;
+    /// The handler's own error, returned as [`HandlerError::Handler`].
+    type Error: Send;
+
+    /// Processes the event, writing through `conn` (inside the transaction).
+    async fn handle(
+        &self,
+        conn: &mut B::Connection,
+        event_id: &EventId,
+    ) -> Result<Self::Output, Self::Error>;
+}
+
+/// A backend the inbox runs on: PostgreSQL, MySQL/MariaDB and SQLite. Its
+/// methods are idem's statements on that backend.
+pub trait InboxBackend: Backend {
+    /// Inserts the marker unless it exists; `true` when this call inserted
+    /// it. Blocks while another transaction holds an uncommitted marker for
+    /// the same (consumer, event id).
+    #[doc(hidden)]
+    fn insert_marker<'c>(
+        conn: &'c mut Self::Connection,
+        consumer: &'c str,
+        event_id: &'c str,
+    ) -> BoxFuture<'c, Result<bool, sqlx::Error>>;
+
+    /// Deletes the consumer's markers older than `window` by the database
+    /// clock and returns how many it deleted.
+    #[doc(hidden)]
+    fn delete_markers<'c>(
+        conn: &'c mut Self::Connection,
+        consumer: &'c str,
+        window: Duration,
+    ) -> BoxFuture<'c, Result<u64, sqlx::Error>>;
+
+    /// Runs the schema script.
+    #[doc(hidden)]
+    fn run_schema(pool: &Pool<Self>) -> BoxFuture<'_, Result<(), sqlx::Error>>;
+}
+
+/// The deduplication inbox of one named consumer on a database.
+///
+/// Cheap to clone (the pool is reference-counted). Consumers are isolated:
+/// the same event id is processed once by each consumer name.
+#[derive(Debug)]
+pub struct Inbox<B: Backend> {
+    pool: Pool<B>,
+    consumer: Arc<str>,
+    window: Duration,
+    retry: RetryPolicy,
+}
+
+impl<B: Backend> Clone for Inbox<B> {
+    fn clone(&self) -> Self {
+        Inbox {
+            pool: self.pool.clone(),
+            consumer: Arc::clone(&self.consumer),
+            window: self.window,
+            retry: self.retry,
+        }
+    }
+}
+
+impl<B: InboxBackend> Inbox<B> {
+    /// The inbox of consumer `consumer` (name it for the service and the
+    /// subscription, e.g. `"billing"`), keeping markers for
+    /// [`DEFAULT_WINDOW`] and retrying transient conflicts with the default
+    /// [`RetryPolicy`]. The table must exist ([`install`]).
+    ///
+    /// [`idem_core::Error::InvalidConsumer`] for an empty name, one longer
+    /// than 255 bytes or with control characters.
+    pub fn new(pool: Pool<B>, consumer: &str) -> Result<Self, Error> {
+        validate_consumer(consumer)?;
+        Ok(Inbox {
+            pool,
+            consumer: consumer.into(),
+            window: DEFAULT_WINDOW,
+            retry: RetryPolicy::default(),
+        })
+    }
+
+    /// Keeps markers for `window`: it must exceed the longest delay after
+    /// which the broker can redeliver an event.
+    pub fn with_window(mut self, window: Duration) -> Self {
+        self.window = window;
+        self
+    }
+
+    /// Retries transient conflicts (serialization failure, deadlock, busy
+    /// database) with `policy`.
+    pub fn with_retry(mut self, policy: RetryPolicy) -> Self {
+        self.retry = policy;
+        self
+    }
+
+    /// The consumer's name.
+    pub fn consumer(&self) -> &str {
+        &self.consumer
+    }
+
+    /// How long markers are kept.
+    pub fn window(&self) -> Duration {
+        self.window
+    }
+
+    /// The pool.
+    pub fn pool(&self) -> &Pool<B> {
+        &self.pool
+    }
+
+    /// Processes one delivery of `event_id`: in one transaction, records the
+    /// marker and runs `handler`, then commits.
+    ///
+    /// - [`Delivery::Processed`] with the handler's value: this delivery
+    ///   ran it; its writes and the marker committed together.
+    /// - [`Delivery::Duplicate`]: this consumer processed the event before
+    ///   (and its marker is inside the window); the handler did not run.
+    ///   A duplicate delivered while the first is still in its handler
+    ///   waits for the first's transaction to end.
+    /// - [`HandlerError::Handler`]: the handler failed; its writes and the
+    ///   marker were rolled back, so a redelivery runs it again.
+    /// - [`HandlerError::Idem`]: a database error, or
+    ///   [`Error::RetriesExhausted`] after transient conflicts.
+    pub async fn process<H>(
+        &self,
+        event_id: &EventId,
+        handler: &H,
+    ) -> Result<Delivery<H::Output>, HandlerError<H::Error>>
+    where
+        H: InboxHandler<B>,
+    {
+        let attempt = Process {
+            consumer: &self.consumer,
+            event_id,
+            handler,
+        };
+        run_attempts(&self.pool, &self.retry, attempt).await
+    }
+
+    /// Deletes this consumer's markers older than the window, by the
+    /// database's clock, and returns how many it deleted. Markers inside
+    /// the window and other consumers' markers are kept. Safe to run from
+    /// several processes at once: each old marker is counted by one.
+    pub async fn purge(&self) -> Result<u64, Error> {
+        let attempt = Purge {
+            consumer: &self.consumer,
+            window: self.window.min(MAX_WINDOW),
+        };
+        run_attempts(&self.pool, &self.retry, attempt)
+            .await
+            .map_err(|e: HandlerError<Infallible>| match e {
+                HandlerError::Idem(e) => e,
+                HandlerError::Handler(never) => match never {},
+            })
+    }
+}
+
+/// One attempt of [`Inbox::process`]: the marker first, then the handler.
+struct Process<'a, H> {
+    consumer: &'a str,
+    event_id: &'a EventId,
+    handler: &'a H,
+}
+
+impl<B: InboxBackend, H: InboxHandler<B>> Attempt<B, Delivery<H::Output>, H::Error>
+    for Process<'_, H>
+{
+    fn run<'t>(
+        &'t mut self,
+        tx: &'t mut sqlx::Transaction<'static, B>,
+    ) -> BoxFuture<'t, Result<Delivery<H::Output>, Failure<H::Error>>> {
+        Box::pin(async move {
+            if !B::insert_marker(tx, self.consumer, self.event_id.as_str()).await? {
+                return Ok(Delivery::Duplicate);
+            }
+            let output = self
+                .handler
+                .handle(tx, self.event_id)
+                .await
+                .map_err(Failure::Handler)?;
+            Ok(Delivery::Processed(output))
+        })
+    }
+}
+
+/// One attempt of [`Inbox::purge`].
+struct Purge<'a> {
+    consumer: &'a str,
+    window: Duration,
+}
+
+impl<B: InboxBackend> Attempt<B, u64, Infallible> for Purge<'_> {
+    fn run<'t>(
+        &'t mut self,
+        tx: &'t mut sqlx::Transaction<'static, B>,
+    ) -> BoxFuture<'t, Result<u64, Failure<Infallible>>> {
+        Box::pin(async move { Ok(B::delete_markers(tx, self.consumer, self.window).await?) })
+    }
+}
+
+/// Creates the `idem_inbox` table and its index unless they exist.
+/// Idempotent; users who manage migrations themselves run [`schema`]
+/// instead.
+pub async fn install<B: InboxBackend>(pool: &Pool<B>) -> Result<(), Error> {
+    B::run_schema(pool).await.map_err(Error::Database)
+}
+
+/// The SQL that creates the inbox table and its index on `dialect`, for
+/// users who keep their own migrations. Every statement is idempotent
+/// (`IF NOT EXISTS`).
+pub const fn schema(dialect: Dialect) -> &'static str {
+    match dialect {
+        Dialect::Postgres => POSTGRES_SCHEMA,
+        Dialect::MySql => MYSQL_SCHEMA,
+        Dialect::Sqlite => SQLITE_SCHEMA,
+    }
+}
+
+const POSTGRES_SCHEMA: &str = "\
+CREATE TABLE IF NOT EXISTS idem_inbox (
+    consumer     VARCHAR(255) NOT NULL,
+    event_id     VARCHAR(255) NOT NULL,
+    processed_at TIMESTAMPTZ  NOT NULL,
+    PRIMARY KEY (consumer, event_id)
+);
+CREATE INDEX IF NOT EXISTS idem_inbox_processed_at ON idem_inbox (consumer, processed_at);
+";
+
+// VARBINARY: MySQL's text collations would make `A`/`a` and `a`/`a ` the
+// same event. DATETIME in UTC (written with UTC_TIMESTAMP) has no 2038 limit.
+const MYSQL_SCHEMA: &str = "\
+CREATE TABLE IF NOT EXISTS idem_inbox (
+    consumer     VARBINARY(255) NOT NULL,
+    event_id     VARBINARY(255) NOT NULL,
+    processed_at DATETIME(6)    NOT NULL,
+    PRIMARY KEY (consumer, event_id),
+    KEY idem_inbox_processed_at (consumer, processed_at)
+) ENGINE = InnoDB;
+";
+
+// processed_at: UTC text 'YYYY-MM-DD HH:MM:SS.SSS', which sorts in time order.
+const SQLITE_SCHEMA: &str = "\
+CREATE TABLE IF NOT EXISTS idem_inbox (
+    consumer     TEXT NOT NULL,
+    event_id     TEXT NOT NULL,
+    processed_at TEXT NOT NULL,
+    PRIMARY KEY (consumer, event_id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS idem_inbox_processed_at ON idem_inbox (consumer, processed_at);
+";
+
+/// The window in whole microseconds, for the backends that subtract an
+/// interval.
+#[cfg(any(feature = "postgres", feature = "mysql"))]
+fn micros(window: Duration) -> i64 {
+    i64::try_from(window.as_micros()).unwrap_or(i64::MAX)
+}
+
+#[cfg(feature = "postgres")]
+impl InboxBackend for sqlx::Postgres {
+    fn insert_marker<'c>(
+        conn: &'c mut sqlx::PgConnection,
+        consumer: &'c str,
+        event_id: &'c str,
+    ) -> BoxFuture<'c, Result<bool, sqlx::Error>> {
+        Box::pin(async move {
+            let done = sqlx::query(
+                "INSERT INTO idem_inbox (consumer, event_id, processed_at) VALUES ($1, $2, now()) \
+                 ON CONFLICT (consumer, event_id) DO NOTHING",
+            )
+            .bind(consumer)
+            .bind(event_id)
+            .execute(conn)
+            .await?;
+            Ok(done.rows_affected() == 1)
+        })
+    }
+
+    fn delete_markers<'c>(
+        conn: &'c mut sqlx::PgConnection,
+        consumer: &'c str,
+        window: Duration,
+    ) -> BoxFuture<'c, Result<u64, sqlx::Error>> {
+        Box::pin(async move {
+            let done = sqlx::query(
+                "DELETE FROM idem_inbox WHERE consumer = $1 \
+                 AND processed_at < now() - $2::bigint * INTERVAL '1 microsecond'",
+            )
+            .bind(consumer)
+            .bind(micros(window))
+            .execute(conn)
+            .await?;
+            Ok(done.rows_affected())
+        })
+    }
+
+    fn run_schema(pool: &Pool<Self>) -> BoxFuture<'_, Result<(), sqlx::Error>> {
+        Box::pin(async move {
+            sqlx::raw_sql(POSTGRES_SCHEMA).execute(pool).await?;
+            Ok(())
+        })
+    }
+}
+
+#[cfg(feature = "mysql")]
+impl InboxBackend for sqlx::MySql {
+    fn insert_marker<'c>(
+        conn: &'c mut sqlx::MySqlConnection,
+        consumer: &'c str,
+        event_id: &'c str,
+    ) -> BoxFuture<'c, Result<bool, sqlx::Error>> {
+        Box::pin(async move {
+            let done = sqlx::query(
+                "INSERT IGNORE INTO idem_inbox (consumer, event_id, processed_at) \
+                 VALUES (?, ?, UTC_TIMESTAMP(6))",
+            )
+            .bind(consumer)
+            .bind(event_id)
+            .execute(conn)
+            .await?;
+            Ok(done.rows_affected() == 1)
+        })
+    }
+
+    fn delete_markers<'c>(
+        conn: &'c mut sqlx::MySqlConnection,
+        consumer: &'c str,
+        window: Duration,
+    ) -> BoxFuture<'c, Result<u64, sqlx::Error>> {
+        Box::pin(async move {
+            let done = sqlx::query(
+                "DELETE FROM idem_inbox WHERE consumer = ? \
+                 AND processed_at < UTC_TIMESTAMP(6) - INTERVAL ? MICROSECOND",
+            )
+            .bind(consumer)
+            .bind(micros(window))
+            .execute(conn)
+            .await?;
+            Ok(done.rows_affected())
+        })
+    }
+
+    fn run_schema(pool: &Pool<Self>) -> BoxFuture<'_, Result<(), sqlx::Error>> {
+        Box::pin(async move {
+            sqlx::raw_sql(MYSQL_SCHEMA).execute(pool).await?;
+            Ok(())
+        })
+    }
+}
+
+#[cfg(feature = "sqlite")]
+impl InboxBackend for sqlx::Sqlite {
+    fn insert_marker<'c>(
+        conn: &'c mut sqlx::SqliteConnection,
+        consumer: &'c str,
+        event_id: &'c str,
+    ) -> BoxFuture<'c, Result<bool, sqlx::Error>> {
+        Box::pin(async move {
+            let done = sqlx::query(
+                "INSERT INTO idem_inbox (consumer, event_id, processed_at) \
+                 VALUES (?1, ?2, strftime('%Y-%m-%d %H:%M:%f', 'now')) \
+                 ON CONFLICT (consumer, event_id) DO NOTHING",
+            )
+            .bind(consumer)
+            .bind(event_id)
+            .execute(conn)
+            .await?;
+            Ok(done.rows_affected() == 1)
+        })
+    }
+
+    fn delete_markers<'c>(
+        conn: &'c mut sqlx::SqliteConnection,
+        consumer: &'c str,
+        window: Duration,
+    ) -> BoxFuture<'c, Result<u64, sqlx::Error>> {
+        // A date modifier such as '-86400.000000 seconds'.
+        let modifier = format!(
+            "-{}.{:06} seconds",
+            window.as_secs(),
+            window.subsec_micros()
+        );
+        Box::pin(async move {
+            let done = sqlx::query(
+                "DELETE FROM idem_inbox WHERE consumer = ?1 \
+                 AND processed_at < strftime('%Y-%m-%d %H:%M:%f', 'now', ?2)",
+            )
+            .bind(consumer)
+            .bind(modifier)
+            .execute(conn)
+            .await?;
+            Ok(done.rows_affected())
+        })
+    }
+
+    fn run_schema(pool: &Pool<Self>) -> BoxFuture<'_, Result<(), sqlx::Error>> {
+        Box::pin(async move {
+            sqlx::raw_sql(SQLITE_SCHEMA).execute(pool).await?;
+            Ok(())
+        })
+    }
+}

@@ -1,0 +1,744 @@
+//! The inbox conformance suite: one body per scenario, run on SQLite,
+//! PostgreSQL and MySQL (when their URLs are set) and on the in-memory
+//! inbox.
+//!
+//! Each handler writes an effect row in the inbox's transaction and counts
+//! its runs in memory, so a test sees both a duplicated database effect and
+//! a handler that ran twice (a non-transactional effect repeated).
+
+mod common;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::Semaphore;
+
+use idem::inbox::{Delivery, EventId, MemoryInbox};
+
+const EVENTS: usize = 7_000;
+const REDELIVERIES: usize = 3_000;
+const CONSUMERS: usize = 8;
+
+/// A deterministic xorshift generator: the same delivery order every run.
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: usize) -> usize {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 % n as u64) as usize
+    }
+}
+
+/// 10,000 deliveries of 7,000 events: every 7th event is redelivered right
+/// after itself (two consumers pick the copies up at the same moment) and
+/// 2,000 more redeliveries land at random places, before or after the
+/// original.
+fn deliveries() -> Vec<EventId> {
+    let event = |i: usize| EventId::new(format!("evt-{i}")).unwrap();
+    let mut list = Vec::with_capacity(EVENTS + REDELIVERIES);
+    for i in 0..EVENTS {
+        list.push(event(i));
+        if i % 7 == 0 {
+            list.push(event(i));
+        }
+    }
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    while list.len() < EVENTS + REDELIVERIES {
+        let at = rng.below(list.len() + 1);
+        list.insert(at, event(rng.below(EVENTS)));
+    }
+    list
+}
+
+/// Lets a test hold a handler inside its body: the handler says it entered
+/// and waits to be released.
+struct Pause {
+    entered: Semaphore,
+    release: Semaphore,
+}
+
+impl Default for Pause {
+    fn default() -> Self {
+        Pause {
+            entered: Semaphore::new(0),
+            release: Semaphore::new(0),
+        }
+    }
+}
+
+impl Pause {
+    async fn hold(&self) {
+        self.entered.add_permits(1);
+        self.release.acquire().await.unwrap().forget();
+    }
+
+    async fn wait_until_entered(&self) {
+        self.entered.acquire().await.unwrap().forget();
+    }
+}
+
+/// Why a test handler failed: on purpose, or a database error.
+#[derive(Debug)]
+enum Failure {
+    Injected,
+    Db(sqlx::Error),
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Injected => f.write_str("injected failure"),
+            Failure::Db(e) => write!(f, "database error: {e}"),
+        }
+    }
+}
+
+/// Takes one of the remaining injected failures.
+fn take(failures: &AtomicUsize) -> bool {
+    failures
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+        .is_ok()
+}
+
+/// The in-memory inbox, with the same scenarios.
+mod memory {
+    use super::*;
+
+    /// The effects of the memory handler: one entry per run that succeeded.
+    #[derive(Default)]
+    struct Effects {
+        runs: AtomicUsize,
+        failures: AtomicUsize,
+        pause: Option<Pause>,
+        rows: Mutex<Vec<EventId>>,
+    }
+
+    impl Effects {
+        async fn record(&self, event: &EventId) -> Result<usize, Failure> {
+            let run = self.runs.fetch_add(1, Ordering::SeqCst) + 1;
+            if let Some(pause) = &self.pause {
+                pause.hold().await;
+            }
+            if take(&self.failures) {
+                return Err(Failure::Injected);
+            }
+            self.rows.lock().unwrap().push(event.clone());
+            Ok(run)
+        }
+    }
+
+    fn id(s: &str) -> EventId {
+        EventId::new(s).unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn ten_thousand_deliveries_with_duplicates_run_each_event_once() {
+        let inbox = MemoryInbox::new("billing").unwrap();
+        let effects = Arc::new(Effects::default());
+        let list = Arc::new(deliveries());
+        let next = Arc::new(AtomicUsize::new(0));
+        let started = Instant::now();
+        let workers: Vec<_> = (0..CONSUMERS)
+            .map(|_| {
+                let (inbox, effects, list, next) =
+                    (inbox.clone(), effects.clone(), list.clone(), next.clone());
+                tokio::spawn(async move {
+                    let (mut processed, mut duplicate) = (0, 0);
+                    loop {
+                        let i = next.fetch_add(1, Ordering::SeqCst);
+                        let Some(event) = list.get(i) else { break };
+                        match inbox
+                            .process(event, || effects.record(event))
+                            .await
+                            .unwrap()
+                        {
+                            Delivery::Processed(_) => processed += 1,
+                            Delivery::Duplicate => duplicate += 1,
+                        }
+                        tokio::task::yield_now().await;
+                    }
+                    (processed, duplicate)
+                })
+            })
+            .collect();
+        let (mut processed, mut duplicate) = (0, 0);
+        for worker in workers {
+            let (p, d) = worker.await.unwrap();
+            processed += p;
+            duplicate += d;
+        }
+        eprintln!("memory: 10,000 deliveries in {:?}", started.elapsed());
+        assert_eq!((processed, duplicate), (EVENTS, REDELIVERIES));
+        assert_eq!(effects.runs.load(Ordering::SeqCst), EVENTS);
+        let mut rows = effects.rows.lock().unwrap().clone();
+        rows.sort();
+        rows.dedup();
+        assert_eq!(rows.len(), EVENTS);
+    }
+
+    #[tokio::test]
+    async fn a_failed_handler_leaves_no_marker_and_the_redelivery_runs() {
+        let inbox = MemoryInbox::new("billing").unwrap();
+        let effects = Effects {
+            failures: AtomicUsize::new(1),
+            ..Effects::default()
+        };
+        let event = id("evt-1");
+        let failed = inbox.process(&event, || effects.record(&event)).await;
+        assert!(matches!(failed, Err(Failure::Injected)));
+        assert!(!inbox.is_processed(&event));
+        let redelivered = inbox.process(&event, || effects.record(&event)).await;
+        assert!(matches!(redelivered, Ok(Delivery::Processed(2))));
+        let again = inbox.process(&event, || effects.record(&event)).await;
+        assert!(matches!(again, Ok(Delivery::Duplicate)));
+        assert_eq!(effects.rows.lock().unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn the_same_event_is_processed_once_by_each_consumer() {
+        let billing = MemoryInbox::new("billing").unwrap();
+        let shipping = billing.for_consumer("shipping").unwrap();
+        let effects = Effects::default();
+        let event = id("order-7");
+        for inbox in [&billing, &shipping, &billing, &shipping] {
+            let _ = inbox.process(&event, || effects.record(&event)).await;
+        }
+        assert_eq!(effects.runs.load(Ordering::SeqCst), 2);
+        assert!(billing.is_processed(&event) && shipping.is_processed(&event));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_duplicate_delivered_while_the_first_is_in_its_handler_does_not_run_it() {
+        let inbox = MemoryInbox::new("billing").unwrap();
+        let effects = Arc::new(Effects {
+            pause: Some(Pause::default()),
+            ..Effects::default()
+        });
+        let deliver = || {
+            let (inbox, effects) = (inbox.clone(), effects.clone());
+            tokio::spawn(async move {
+                let event = id("evt-1");
+                inbox.process(&event, || effects.record(&event)).await
+            })
+        };
+        let first = deliver();
+        effects.pause.as_ref().unwrap().wait_until_entered().await;
+        let second = deliver();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(!second.is_finished(), "the duplicate waits for the first");
+        effects.pause.as_ref().unwrap().release.add_permits(2);
+        assert!(matches!(first.await.unwrap(), Ok(Delivery::Processed(1))));
+        assert!(matches!(second.await.unwrap(), Ok(Delivery::Duplicate)));
+        assert_eq!(effects.runs.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn duplicates_waiting_on_a_failed_first_delivery_run_the_handler_once() {
+        let inbox = MemoryInbox::new("billing").unwrap();
+        let effects = Arc::new(Effects {
+            pause: Some(Pause::default()),
+            failures: AtomicUsize::new(1),
+            ..Effects::default()
+        });
+        let deliver = || {
+            let (inbox, effects) = (inbox.clone(), effects.clone());
+            tokio::spawn(async move {
+                let event = id("evt-1");
+                inbox.process(&event, || effects.record(&event)).await
+            })
+        };
+        let pause = effects.pause.as_ref().unwrap();
+        let first = deliver();
+        pause.wait_until_entered().await;
+        let waiting = [deliver(), deliver()];
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        pause.release.add_permits(3);
+        assert!(matches!(first.await.unwrap(), Err(Failure::Injected)));
+        let mut outcomes = Vec::new();
+        for task in waiting {
+            outcomes.push(task.await.unwrap().unwrap().is_processed());
+        }
+        outcomes.sort();
+        assert_eq!(
+            outcomes,
+            [false, true],
+            "one runs the handler, one is a duplicate"
+        );
+        assert_eq!(effects.runs.load(Ordering::SeqCst), 2);
+        assert_eq!(effects.rows.lock().unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn purge_keeps_markers_inside_the_window_and_removes_older_ones() {
+        let window = Duration::from_millis(400);
+        let inbox = MemoryInbox::new("billing").unwrap().with_window(window);
+        let shipping = inbox.for_consumer("shipping").unwrap();
+        let effects = Effects::default();
+        for (inbox, event) in [(&inbox, "old-1"), (&inbox, "old-2"), (&shipping, "old-3")] {
+            let event = id(event);
+            let _ = inbox.process(&event, || effects.record(&event)).await;
+        }
+        tokio::time::sleep(window + Duration::from_millis(200)).await;
+        let new = id("new");
+        let _ = inbox.process(&new, || effects.record(&new)).await;
+        assert_eq!(inbox.purge(), 2, "only this consumer's old markers");
+        assert_eq!(inbox.purge(), 0);
+        assert!(inbox.is_processed(&new));
+        assert!(shipping.is_processed(&id("old-3")));
+        let old = id("old-1");
+        let again = inbox.process(&old, || effects.record(&old)).await;
+        assert!(
+            matches!(again, Ok(Delivery::Processed(_))),
+            "its marker expired"
+        );
+    }
+}
+
+/// One body per scenario for the database inbox, instantiated per backend.
+macro_rules! database_suite {
+    ($backend:ident, $db:ty, $pool:path) => {
+        mod $backend {
+            use super::*;
+
+            use async_trait::async_trait;
+            use idem::sqlx::inbox::{install, Inbox, InboxHandler};
+            use idem::sqlx::{Backend, HandlerError};
+            use idem::Dialect;
+            use sqlx::{Database, Pool};
+
+            type Db = $db;
+
+            /// A pool with the inbox table and an `effects` table.
+            async fn setup(connections: u32) -> Option<Pool<Db>> {
+                let pool = $pool(connections).await?;
+                install(&pool).await.unwrap();
+                sqlx::query(
+                    "CREATE TABLE effects (consumer VARCHAR(64) NOT NULL, event_id VARCHAR(255) NOT NULL)",
+                )
+                .execute(&pool)
+                .await
+                .unwrap();
+                Some(pool)
+            }
+
+            /// `?` placeholders as the backend wants them.
+            fn sql(text: &str) -> String {
+                if <Db as Backend>::DIALECT != Dialect::Postgres {
+                    return text.to_owned();
+                }
+                let mut out = String::new();
+                for (n, part) in text.split('?').enumerate() {
+                    if n > 0 {
+                        out.push_str(&format!("${n}"));
+                    }
+                    out.push_str(part);
+                }
+                out
+            }
+
+            async fn count(pool: &Pool<Db>, query: &str) -> i64 {
+                sqlx::query_scalar::<_, i64>(query).fetch_one(pool).await.unwrap()
+            }
+
+            /// Sets the markers of `consumer` whose event id starts with
+            /// `prefix` back by `hours`, by the database clock.
+            async fn age(pool: &Pool<Db>, consumer: &str, prefix: &str, hours: u32) {
+                let set = match <Db as Backend>::DIALECT {
+                    Dialect::Postgres => format!("now() - INTERVAL '{hours} hours'"),
+                    Dialect::MySql => format!("UTC_TIMESTAMP(6) - INTERVAL {hours} HOUR"),
+                    Dialect::Sqlite => {
+                        format!("strftime('%Y-%m-%d %H:%M:%f', 'now', '-{hours} hours')")
+                    }
+                };
+                let update = sql(&format!(
+                    "UPDATE idem_inbox SET processed_at = {set} WHERE consumer = ? AND event_id LIKE ?"
+                ));
+                sqlx::query(&update)
+                    .bind(consumer)
+                    .bind(format!("{prefix}%"))
+                    .execute(pool)
+                    .await
+                    .unwrap();
+            }
+
+            fn id(s: &str) -> EventId {
+                EventId::new(s).unwrap()
+            }
+
+            /// Writes an effect row in the inbox's transaction and counts
+            /// its runs.
+            #[derive(Default)]
+            struct RecordEffect {
+                runs: AtomicUsize,
+                failures: AtomicUsize,
+                pause: Option<Pause>,
+            }
+
+            #[async_trait]
+            impl InboxHandler<Db> for RecordEffect {
+                type Output = usize;
+                type Error = Failure;
+
+                async fn handle(
+                    &self,
+                    conn: &mut <Db as Database>::Connection,
+                    event: &EventId,
+                ) -> Result<usize, Failure> {
+                    sqlx::query(&sql("INSERT INTO effects (consumer, event_id) VALUES ('-', ?)"))
+                        .bind(event.as_str())
+                        .execute(&mut *conn)
+                        .await
+                        .map_err(Failure::Db)?;
+                    let run = self.runs.fetch_add(1, Ordering::SeqCst) + 1;
+                    if let Some(pause) = &self.pause {
+                        pause.hold().await;
+                    }
+                    if take(&self.failures) {
+                        return Err(Failure::Injected);
+                    }
+                    Ok(run)
+                }
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn ten_thousand_deliveries_with_duplicates_run_each_event_once() {
+                let Some(pool) = setup(CONSUMERS as u32).await else { return };
+                let inbox = Inbox::new(pool.clone(), "billing").unwrap();
+                let handler = Arc::new(RecordEffect::default());
+                let list = Arc::new(deliveries());
+                let next = Arc::new(AtomicUsize::new(0));
+                let started = Instant::now();
+                let workers: Vec<_> = (0..CONSUMERS)
+                    .map(|_| {
+                        let (inbox, handler, list, next) =
+                            (inbox.clone(), handler.clone(), list.clone(), next.clone());
+                        tokio::spawn(async move {
+                            let (mut processed, mut duplicate) = (0, 0);
+                            loop {
+                                let i = next.fetch_add(1, Ordering::SeqCst);
+                                let Some(event) = list.get(i) else { break };
+                                match inbox.process(event, &*handler).await.unwrap() {
+                                    Delivery::Processed(_) => processed += 1,
+                                    Delivery::Duplicate => duplicate += 1,
+                                }
+                            }
+                            (processed, duplicate)
+                        })
+                    })
+                    .collect();
+                let (mut processed, mut duplicate) = (0, 0);
+                for worker in workers {
+                    let (p, d) = worker.await.unwrap();
+                    processed += p;
+                    duplicate += d;
+                }
+                eprintln!(
+                    "{}: 10,000 deliveries by {CONSUMERS} consumers in {:?}",
+                    stringify!($backend),
+                    started.elapsed()
+                );
+                assert_eq!((processed, duplicate), (EVENTS, REDELIVERIES));
+                assert_eq!(handler.runs.load(Ordering::SeqCst), EVENTS);
+                assert_eq!(count(&pool, "SELECT count(*) FROM effects").await, EVENTS as i64);
+                assert_eq!(
+                    count(&pool, "SELECT count(DISTINCT event_id) FROM effects").await,
+                    EVENTS as i64
+                );
+                assert_eq!(count(&pool, "SELECT count(*) FROM idem_inbox").await, EVENTS as i64);
+            }
+
+            #[tokio::test]
+            async fn a_failed_handler_leaves_no_marker_and_the_redelivery_runs() {
+                let Some(pool) = setup(2).await else { return };
+                let inbox = Inbox::new(pool.clone(), "billing").unwrap();
+                let handler = RecordEffect {
+                    failures: AtomicUsize::new(1),
+                    ..RecordEffect::default()
+                };
+                let event = id("evt-1");
+                let failed = inbox.process(&event, &handler).await;
+                assert!(matches!(failed, Err(HandlerError::Handler(Failure::Injected))));
+                assert_eq!(count(&pool, "SELECT count(*) FROM effects").await, 0);
+                assert_eq!(count(&pool, "SELECT count(*) FROM idem_inbox").await, 0);
+                let redelivered = inbox.process(&event, &handler).await.unwrap();
+                assert_eq!(redelivered, Delivery::Processed(2));
+                assert_eq!(inbox.process(&event, &handler).await.unwrap(), Delivery::Duplicate);
+                assert_eq!(count(&pool, "SELECT count(*) FROM effects").await, 1);
+                assert_eq!(handler.runs.load(Ordering::SeqCst), 2);
+            }
+
+            #[tokio::test]
+            async fn the_same_event_is_processed_once_by_each_consumer() {
+                let Some(pool) = setup(2).await else { return };
+                let billing = Inbox::new(pool.clone(), "billing").unwrap();
+                let shipping = Inbox::new(pool.clone(), "shipping").unwrap();
+                let handler = RecordEffect::default();
+                let event = id("order-7");
+                assert!(billing.process(&event, &handler).await.unwrap().is_processed());
+                assert!(shipping.process(&event, &handler).await.unwrap().is_processed());
+                assert!(billing.process(&event, &handler).await.unwrap().is_duplicate());
+                assert!(shipping.process(&event, &handler).await.unwrap().is_duplicate());
+                assert_eq!(handler.runs.load(Ordering::SeqCst), 2);
+                assert_eq!(count(&pool, "SELECT count(*) FROM idem_inbox").await, 2);
+            }
+
+            #[tokio::test]
+            async fn event_ids_that_differ_only_in_case_or_trailing_space_are_distinct() {
+                let Some(pool) = setup(2).await else { return };
+                let inbox = Inbox::new(pool.clone(), "billing").unwrap();
+                let handler = RecordEffect::default();
+                for event in ["evt-a", "EVT-A", "evt-a ", "évt-a"] {
+                    let delivery = inbox.process(&id(event), &handler).await.unwrap();
+                    assert!(delivery.is_processed(), "{event:?} is a new event");
+                }
+                assert!(inbox.process(&id("evt-a "), &handler).await.unwrap().is_duplicate());
+                assert_eq!(handler.runs.load(Ordering::SeqCst), 4);
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn a_duplicate_delivered_while_the_first_is_in_its_handler_does_not_run_it() {
+                let Some(pool) = setup(4).await else { return };
+                let inbox = Inbox::new(pool.clone(), "billing").unwrap();
+                let handler = Arc::new(RecordEffect {
+                    pause: Some(Pause::default()),
+                    ..RecordEffect::default()
+                });
+                let deliver = || {
+                    let (inbox, handler) = (inbox.clone(), handler.clone());
+                    tokio::spawn(async move { inbox.process(&id("evt-1"), &*handler).await })
+                };
+                let pause = handler.pause.as_ref().unwrap();
+                let first = deliver();
+                pause.wait_until_entered().await;
+                let second = deliver();
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                assert!(!second.is_finished(), "the duplicate waits for the first");
+                pause.release.add_permits(2);
+                assert_eq!(first.await.unwrap().unwrap(), Delivery::Processed(1));
+                assert_eq!(second.await.unwrap().unwrap(), Delivery::Duplicate);
+                assert_eq!(handler.runs.load(Ordering::SeqCst), 1);
+                assert_eq!(count(&pool, "SELECT count(*) FROM effects").await, 1);
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn duplicates_waiting_on_a_failed_first_delivery_run_the_handler_once() {
+                let Some(pool) = setup(4).await else { return };
+                let inbox = Inbox::new(pool.clone(), "billing").unwrap();
+                let handler = Arc::new(RecordEffect {
+                    pause: Some(Pause::default()),
+                    failures: AtomicUsize::new(1),
+                    ..RecordEffect::default()
+                });
+                let deliver = || {
+                    let (inbox, handler) = (inbox.clone(), handler.clone());
+                    tokio::spawn(async move { inbox.process(&id("evt-1"), &*handler).await })
+                };
+                let pause = handler.pause.as_ref().unwrap();
+                let first = deliver();
+                pause.wait_until_entered().await;
+                let waiting = [deliver(), deliver()];
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                assert!(waiting.iter().all(|task| !task.is_finished()));
+                pause.release.add_permits(3);
+                assert!(matches!(
+                    first.await.unwrap(),
+                    Err(HandlerError::Handler(Failure::Injected))
+                ));
+                let mut processed = Vec::new();
+                for task in waiting {
+                    processed.push(task.await.unwrap().unwrap().is_processed());
+                }
+                processed.sort();
+                assert_eq!(processed, [false, true], "one runs the handler, one is a duplicate");
+                assert_eq!(handler.runs.load(Ordering::SeqCst), 2);
+                assert_eq!(count(&pool, "SELECT count(*) FROM effects").await, 1);
+                assert_eq!(count(&pool, "SELECT count(*) FROM idem_inbox").await, 1);
+            }
+
+            #[tokio::test]
+            async fn purge_keeps_markers_inside_the_window_and_removes_older_ones() {
+                let Some(pool) = setup(2).await else { return };
+                let inbox = Inbox::new(pool.clone(), "billing").unwrap();
+                let shipping = Inbox::new(pool.clone(), "shipping").unwrap();
+                let handler = RecordEffect::default();
+                for event in ["old-1", "old-2", "recent-1", "new-1"] {
+                    let _ = inbox.process(&id(event), &handler).await.unwrap();
+                }
+                let _ = shipping.process(&id("old-3"), &handler).await.unwrap();
+                age(&pool, "billing", "old-", 25).await;
+                age(&pool, "shipping", "old-", 25).await;
+                age(&pool, "billing", "recent-", 23).await;
+
+                assert_eq!(inbox.purge().await.unwrap(), 2, "older than 24 h, this consumer only");
+                assert_eq!(inbox.purge().await.unwrap(), 0);
+                assert_eq!(count(&pool, "SELECT count(*) FROM idem_inbox").await, 3);
+                assert!(inbox.process(&id("recent-1"), &handler).await.unwrap().is_duplicate());
+                assert!(inbox.process(&id("new-1"), &handler).await.unwrap().is_duplicate());
+                // A purged marker is forgotten: the event runs again.
+                assert!(inbox.process(&id("old-1"), &handler).await.unwrap().is_processed());
+
+                // The window is configurable: at 22 h the 23-hour-old marker goes.
+                let shorter = inbox.clone().with_window(Duration::from_secs(22 * 3600));
+                assert_eq!(shorter.purge().await.unwrap(), 1);
+                assert!(shorter.process(&id("recent-1"), &handler).await.unwrap().is_processed());
+                assert_eq!(shipping.purge().await.unwrap(), 1);
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn concurrent_purges_delete_each_old_marker_once_and_keep_the_rest() {
+                let Some(pool) = setup(4).await else { return };
+                let inbox = Inbox::new(pool.clone(), "billing").unwrap();
+                let handler = RecordEffect::default();
+                for n in 0..150 {
+                    let _ = inbox.process(&id(&format!("old-{n}")), &handler).await.unwrap();
+                }
+                for n in 0..50 {
+                    let _ = inbox.process(&id(&format!("new-{n}")), &handler).await.unwrap();
+                }
+                age(&pool, "billing", "old-", 48).await;
+                let purges: Vec<_> = (0..4)
+                    .map(|_| {
+                        let inbox = inbox.clone();
+                        tokio::spawn(async move { inbox.purge().await.unwrap() })
+                    })
+                    .collect();
+                let mut purged = 0;
+                for purge in purges {
+                    purged += purge.await.unwrap();
+                }
+                assert_eq!(purged, 150);
+                assert_eq!(count(&pool, "SELECT count(*) FROM idem_inbox").await, 50);
+            }
+
+            #[tokio::test]
+            async fn install_is_idempotent_and_the_schema_is_exposed() {
+                let Some(pool) = setup(2).await else { return };
+                install(&pool).await.unwrap();
+                install(&pool).await.unwrap();
+                let script = idem::sqlx::inbox::schema(<Db as Backend>::DIALECT);
+                assert!(script.contains("PRIMARY KEY (consumer, event_id)"));
+                sqlx::raw_sql(script).execute(&pool).await.unwrap();
+            }
+
+            #[tokio::test]
+            async fn an_invalid_consumer_name_is_a_typed_error() {
+                let Some(pool) = setup(1).await else { return };
+                let error = Inbox::new(pool, &"c".repeat(256)).unwrap_err();
+                assert!(matches!(
+                    error,
+                    idem::sqlx::Error::Core(idem::Error::InvalidConsumer { .. })
+                ));
+            }
+        }
+    };
+}
+
+async fn sqlite(connections: u32) -> Option<sqlx::SqlitePool> {
+    Some(common::sqlite(connections).await)
+}
+
+database_suite!(sqlite_inbox, sqlx::Sqlite, sqlite);
+database_suite!(postgres_inbox, sqlx::Postgres, common::postgres);
+database_suite!(mysql_inbox, sqlx::MySql, common::mysql);
+
+/// PostgreSQL under REPEATABLE READ: a duplicate that waited on the
+/// first's marker cannot see it in its snapshot and fails with a
+/// serialization failure, which idem retries.
+mod postgres_repeatable_read {
+    use super::*;
+
+    use async_trait::async_trait;
+    use idem::sqlx::inbox::{install, Inbox, InboxHandler};
+    use idem::sqlx::{Error, HandlerError, RetryPolicy};
+    use sqlx::postgres::{PgPool, PgPoolOptions};
+    use sqlx::{Executor, PgConnection};
+
+    struct Slow(Pause, AtomicUsize);
+
+    #[async_trait]
+    impl InboxHandler<sqlx::Postgres> for Slow {
+        type Output = ();
+        type Error = std::convert::Infallible;
+
+        async fn handle(&self, _: &mut PgConnection, _: &EventId) -> Result<(), Self::Error> {
+            self.1.fetch_add(1, Ordering::SeqCst);
+            self.0.hold().await;
+            Ok(())
+        }
+    }
+
+    /// A pool on the same schema whose transactions are REPEATABLE READ.
+    async fn repeatable_read() -> Option<PgPool> {
+        let pool = common::postgres(1).await?;
+        install(&pool).await.unwrap();
+        let schema: String = sqlx::query_scalar("SELECT current_schema()::text")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        let rr = PgPoolOptions::new()
+            .max_connections(4)
+            .after_connect(move |conn, _| {
+                let search_path = format!("SET search_path TO {schema}");
+                Box::pin(async move {
+                    conn.execute(search_path.as_str()).await?;
+                    conn.execute("SET default_transaction_isolation = 'repeatable read'")
+                        .await?;
+                    Ok(())
+                })
+            })
+            .connect_with((*pool.connect_options()).clone())
+            .await
+            .unwrap();
+        Some(rr)
+    }
+
+    /// Runs a duplicate against a held first delivery with `policy`.
+    async fn race(
+        policy: RetryPolicy,
+    ) -> Option<Result<Delivery<()>, HandlerError<std::convert::Infallible>>> {
+        let pool = repeatable_read().await?;
+        let inbox = Inbox::new(pool, "billing").unwrap().with_retry(policy);
+        let handler = Arc::new(Slow(Pause::default(), AtomicUsize::new(0)));
+        let deliver = || {
+            let (inbox, handler) = (inbox.clone(), handler.clone());
+            tokio::spawn(async move { inbox.process(&EventId::new("e").unwrap(), &*handler).await })
+        };
+        let first = deliver();
+        handler.0.wait_until_entered().await;
+        let second = deliver();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        handler.0.release.add_permits(2);
+        assert!(first.await.unwrap().unwrap().is_processed());
+        let second = second.await.unwrap();
+        assert_eq!(handler.1.load(Ordering::SeqCst), 1);
+        Some(second)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_waiting_duplicate_hits_a_serialization_failure_without_retries() {
+        let Some(second) = race(RetryPolicy::none()).await else {
+            return;
+        };
+        assert!(
+            matches!(
+                second,
+                Err(HandlerError::Idem(Error::RetriesExhausted {
+                    attempts: 1,
+                    ..
+                }))
+            ),
+            "{second:?}"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_serialization_failure_is_retried_into_a_duplicate() {
+        let Some(second) = race(RetryPolicy::default()).await else {
+            return;
+        };
+        assert_eq!(second.unwrap(), Delivery::Duplicate);
+    }
+}
