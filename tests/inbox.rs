@@ -312,7 +312,7 @@ macro_rules! database_suite {
             type Db = $db;
 
             /// A pool with the inbox table and an `effects` table.
-            async fn setup(connections: u32) -> Option<Pool<Db>> {
+            pub(super) async fn setup(connections: u32) -> Option<Pool<Db>> {
                 let pool = $pool(connections).await?;
                 install(&pool).await.unwrap();
                 sqlx::query(
@@ -325,7 +325,7 @@ macro_rules! database_suite {
             }
 
             /// `?` placeholders as the backend wants them.
-            fn sql(text: &str) -> String {
+            pub(super) fn sql(text: &str) -> String {
                 if <Db as Backend>::DIALECT != Dialect::Postgres {
                     return text.to_owned();
                 }
@@ -339,7 +339,7 @@ macro_rules! database_suite {
                 out
             }
 
-            async fn count(pool: &Pool<Db>, query: &str) -> i64 {
+            pub(super) async fn count(pool: &Pool<Db>, query: &str) -> i64 {
                 sqlx::query_scalar::<_, i64>(query).fetch_one(pool).await.unwrap()
             }
 
@@ -643,6 +643,140 @@ async fn sqlite(connections: u32) -> Option<sqlx::SqlitePool> {
 database_suite!(sqlite_inbox, sqlx::Sqlite, sqlite);
 database_suite!(postgres_inbox, sqlx::Postgres, common::postgres);
 database_suite!(mysql_inbox, sqlx::MySql, common::mysql);
+
+/// A transient conflict hit by the handler's own statements (injected
+/// with the backend's error code: PostgreSQL and MySQL can raise one on
+/// demand) is retried when the handler hands it back, and only then.
+macro_rules! handler_conflict_suite {
+    ($backend:ident, $db:ty, $suite:ident, $conflict:literal) => {
+        mod $backend {
+            use super::*;
+
+            use async_trait::async_trait;
+            use idem::sqlx::inbox::{Inbox, InboxHandler};
+            use idem::sqlx::{Backend, Error, ErrorKind, HandlerError, RetryPolicy};
+            use sqlx::Database;
+
+            use super::$suite::{count, setup, sql};
+
+            type Db = $db;
+
+            /// Writes an effect, then hits a transient conflict on each of
+            /// its first `conflicts` runs.
+            struct Conflicted {
+                runs: AtomicUsize,
+                conflicts: AtomicUsize,
+                hand_back: bool,
+            }
+
+            impl Conflicted {
+                fn new(conflicts: usize, hand_back: bool) -> Self {
+                    Conflicted {
+                        runs: AtomicUsize::new(0),
+                        conflicts: AtomicUsize::new(conflicts),
+                        hand_back,
+                    }
+                }
+            }
+
+            #[async_trait]
+            impl InboxHandler<Db> for Conflicted {
+                type Output = usize;
+                type Error = sqlx::Error;
+
+                async fn handle(
+                    &self,
+                    conn: &mut <Db as Database>::Connection,
+                    event: &EventId,
+                ) -> Result<usize, sqlx::Error> {
+                    sqlx::query(&sql(
+                        "INSERT INTO effects (consumer, event_id) VALUES ('-', ?)",
+                    ))
+                    .bind(event.as_str())
+                    .execute(&mut *conn)
+                    .await?;
+                    let run = self.runs.fetch_add(1, Ordering::SeqCst) + 1;
+                    if take(&self.conflicts) {
+                        sqlx::query($conflict).execute(&mut *conn).await?;
+                    }
+                    Ok(run)
+                }
+
+                fn transient(&self, error: sqlx::Error) -> Result<sqlx::Error, sqlx::Error> {
+                    match <Db as Backend>::error_kind(&error) {
+                        ErrorKind::Transient if self.hand_back => Ok(error),
+                        _ => Err(error),
+                    }
+                }
+            }
+
+            #[tokio::test]
+            async fn a_conflict_in_the_handler_is_retried_and_the_failed_attempts_roll_back() {
+                let Some(pool) = setup(2).await else { return };
+                let inbox = Inbox::new(pool.clone(), "billing").unwrap();
+                let handler = Conflicted::new(2, true);
+                let delivery = inbox.process(&EventId::new("e").unwrap(), &handler).await;
+                assert_eq!(delivery.unwrap(), Delivery::Processed(3));
+                assert_eq!(count(&pool, "SELECT count(*) FROM effects").await, 1);
+                assert_eq!(count(&pool, "SELECT count(*) FROM idem_inbox").await, 1);
+            }
+
+            #[tokio::test]
+            async fn retries_of_handler_conflicts_are_bounded() {
+                let Some(pool) = setup(2).await else { return };
+                let policy = RetryPolicy {
+                    max_attempts: 3,
+                    ..RetryPolicy::default()
+                };
+                let inbox = Inbox::new(pool.clone(), "billing")
+                    .unwrap()
+                    .with_retry(policy);
+                let handler = Conflicted::new(usize::MAX, true);
+                let delivery = inbox.process(&EventId::new("e").unwrap(), &handler).await;
+                assert!(
+                    matches!(
+                        delivery,
+                        Err(HandlerError::Idem(Error::RetriesExhausted {
+                            attempts: 3,
+                            ..
+                        }))
+                    ),
+                    "{delivery:?}"
+                );
+                assert_eq!(handler.runs.load(Ordering::SeqCst), 3);
+                assert_eq!(count(&pool, "SELECT count(*) FROM effects").await, 0);
+                assert_eq!(count(&pool, "SELECT count(*) FROM idem_inbox").await, 0);
+            }
+
+            #[tokio::test]
+            async fn a_handler_conflict_that_is_not_handed_back_ends_the_delivery() {
+                let Some(pool) = setup(2).await else { return };
+                let inbox = Inbox::new(pool.clone(), "billing").unwrap();
+                let handler = Conflicted::new(1, false);
+                let delivery = inbox.process(&EventId::new("e").unwrap(), &handler).await;
+                assert!(
+                    matches!(delivery, Err(HandlerError::Handler(_))),
+                    "{delivery:?}"
+                );
+                assert_eq!(handler.runs.load(Ordering::SeqCst), 1);
+                assert_eq!(count(&pool, "SELECT count(*) FROM idem_inbox").await, 0);
+            }
+        }
+    };
+}
+
+handler_conflict_suite!(
+    postgres_handler_conflicts,
+    sqlx::Postgres,
+    postgres_inbox,
+    "DO $$ BEGIN RAISE EXCEPTION 'injected' USING ERRCODE = 'serialization_failure'; END $$"
+);
+handler_conflict_suite!(
+    mysql_handler_conflicts,
+    sqlx::MySql,
+    mysql_inbox,
+    "SIGNAL SQLSTATE '40001' SET MYSQL_ERRNO = 1213, MESSAGE_TEXT = 'injected deadlock'"
+);
 
 /// PostgreSQL under REPEATABLE READ: a duplicate that waited on the
 /// first's marker cannot see it in its snapshot and fails with a

@@ -21,6 +21,7 @@
 //! ```
 //! use async_trait::async_trait;
 //! use idem_sqlx::inbox::{install, Delivery, EventId, Inbox, InboxHandler};
+//! use idem_sqlx::{Backend, ErrorKind};
 //! use sqlx::sqlite::{SqliteConnection, SqlitePoolOptions};
 //! use sqlx::Sqlite;
 //!
@@ -39,6 +40,15 @@
 //!             .execute(conn)
 //!             .await?;
 //!         Ok(())
+//!     }
+//!
+//!     // A deadlock or busy database in the handler's own statements: let
+//!     // idem roll back and run the transaction again.
+//!     fn transient(&self, error: sqlx::Error) -> Result<sqlx::Error, sqlx::Error> {
+//!         match Sqlite::error_kind(&error) {
+//!             ErrorKind::Transient => Ok(error),
+//!             _ => Err(error),
+//!         }
 //!     }
 //! }
 //!
@@ -147,6 +157,20 @@ pub trait InboxHandler<B: Backend>: Send + Sync {
         conn: &mut B::Connection,
         event_id: &EventId,
     ) -> Result<Self::Output, Self::Error>;
+
+    /// Hands back the database error inside `error` when it is a transient
+    /// conflict (serialization failure, deadlock, busy database) hit by the
+    /// handler's own statements, so that idem rolls back and runs the whole
+    /// transaction again, as it does for its own statements. Every other
+    /// error goes back unchanged and ends the delivery as
+    /// [`HandlerError::Handler`].
+    ///
+    /// The default treats every handler error as final; the
+    /// [module example](self) shows a handler opting in with
+    /// [`Backend::error_kind`].
+    fn transient(&self, error: Self::Error) -> Result<sqlx::Error, Self::Error> {
+        Err(error)
+    }
 }
 
 /// A backend the inbox runs on: PostgreSQL, MySQL/MariaDB and SQLite. Its
@@ -258,7 +282,10 @@ impl<B: InboxBackend> Inbox<B> {
     /// - [`HandlerError::Handler`]: the handler failed; its writes and the
     ///   marker were rolled back, so a redelivery runs it again.
     /// - [`HandlerError::Idem`]: a database error, or
-    ///   [`Error::RetriesExhausted`] after transient conflicts.
+    ///   [`Error::RetriesExhausted`] after transient conflicts (in idem's
+    ///   statements, or in the handler's when
+    ///   [`InboxHandler::transient`] hands them back); each attempt was
+    ///   rolled back, marker and handler writes alike.
     pub async fn process<H>(
         &self,
         event_id: &EventId,
@@ -311,12 +338,13 @@ impl<B: InboxBackend, H: InboxHandler<B>> Attempt<B, Delivery<H::Output>, H::Err
             if !B::insert_marker(tx, self.consumer, self.event_id.as_str()).await? {
                 return Ok(Delivery::Duplicate);
             }
-            let output = self
-                .handler
-                .handle(tx, self.event_id)
-                .await
-                .map_err(Failure::Handler)?;
-            Ok(Delivery::Processed(output))
+            match self.handler.handle(tx, self.event_id).await {
+                Ok(output) => Ok(Delivery::Processed(output)),
+                Err(error) => Err(match self.handler.transient(error) {
+                    Ok(conflict) => Failure::Db(conflict),
+                    Err(error) => Failure::Handler(error),
+                }),
+            }
         })
     }
 }
