@@ -615,3 +615,55 @@ mod transactional {
     transactional!(postgres, sqlx::Postgres);
     transactional!(mysql, sqlx::MySql);
 }
+
+// ---- the database's clock ----------------------------------------------------
+
+/// Leases and retention are computed by the database in UTC: moving the
+/// session's time zone by a day between a claim and a retry changes
+/// nothing. (A store comparing local times would see the lease as expired
+/// a day ago, or as living a day longer.)
+macro_rules! clock {
+    ($test:ident, $pool:expr, $zone_a:literal, $zone_b:literal) => {
+        #[tokio::test]
+        async fn $test() {
+            // One connection, so the session settings apply to the store.
+            let Some(pool) = $pool else { return };
+            let store = SqlKeyStore::new(pool.clone());
+            store.install().await.unwrap();
+            let (s, k, f) = (scope("c"), key("tz"), fp("x"));
+            let lease = Duration::from_secs(1800);
+            sqlx::query($zone_a).execute(&pool).await.unwrap();
+            let Claim::New(l) = claim(&store, &s, &k, &f, lease).await else {
+                panic!("a fresh key must be new")
+            };
+            sqlx::query($zone_b).execute(&pool).await.unwrap();
+            match claim(&store, &s, &k, &f, lease).await {
+                Claim::InProgress { retry_after } => assert!(
+                    retry_after > lease - Duration::from_secs(60) && retry_after <= lease,
+                    "{retry_after:?}"
+                ),
+                other => panic!("the lease must still be live: {other:?}"),
+            }
+            let _ = store.complete(&l, &response(b"tz")).await.unwrap();
+            sqlx::query($zone_a).execute(&pool).await.unwrap();
+            assert_eq!(store.purge(Duration::from_secs(3600)).await.unwrap(), 0);
+            assert_eq!(
+                claim(&store, &s, &k, &f, lease).await,
+                Claim::Replay(response(b"tz"))
+            );
+        }
+    };
+}
+
+clock!(
+    mysql_leases_ignore_the_session_time_zone,
+    common::mysql(1).await,
+    "SET time_zone = '+12:00'",
+    "SET time_zone = '-12:00'"
+);
+clock!(
+    postgres_leases_ignore_the_session_time_zone,
+    common::postgres(1).await,
+    "SET TIME ZONE '+12'",
+    "SET TIME ZONE '-12'"
+);

@@ -226,3 +226,42 @@ impl KeyStore for MemoryStore {
         Ok((before - records.map.len()) as u64)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn claim(store: &MemoryStore, key: &str) -> Result<Claim, Error> {
+        let scope = Scope::new("c", "op").unwrap();
+        let key = IdempotencyKey::new(key).unwrap();
+        let fingerprint = Fingerprint::of_bytes(b"x");
+        let future = store.claim(&scope, &key, &fingerprint, Duration::from_secs(30));
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(future)
+    }
+
+    #[test]
+    fn a_full_store_refuses_new_keys_and_still_replays_the_ones_it_holds() {
+        let store = MemoryStore::new(1);
+        let Claim::New(lease) = claim(&store, "a").unwrap() else {
+            panic!("a fresh key must be new")
+        };
+        let response = StoredResponse::new(200, b"a".to_vec());
+        let done = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(store.complete(&lease, &response))
+            .unwrap();
+        assert_eq!(done, Completion::Stored);
+        assert!(matches!(
+            claim(&store, "b"),
+            Err(Error::KeyStoreFull { capacity: 1 })
+        ));
+        // The late retry of the completed key is still a replay: a full
+        // store never forgets a record to make room.
+        assert_eq!(claim(&store, "a").unwrap(), Claim::Replay(response));
+        assert_eq!(store.len(), 1);
+    }
+}
