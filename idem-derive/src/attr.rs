@@ -60,6 +60,9 @@ pub(crate) struct Container {
     /// Transitions that did not parse (reported already): their names
     /// when they got that far, for the fallback stub.
     pub malformed: Vec<Option<Ident>>,
+    /// An attribute stopped parsing at an error (reported already), so
+    /// keys after it, `transitions` among them, may be missing.
+    pub incomplete: bool,
     pub assigns: Vec<Assign>,
     pub krate: Option<syn::Path>,
 }
@@ -102,20 +105,31 @@ impl Container {
         let mut krate = Once::new("crate");
         let mut assigns = Vec::new();
         let mut malformed = Vec::new();
+        let mut incomplete = false;
 
         for attr in state_machine_attrs(attrs) {
             let parsed = attr.parse_nested_meta(|meta| {
                 let path = &meta.path;
                 if path.is_ident("table") {
-                    table.set(cx, path, meta.value()?.parse()?);
+                    if let Some(lit) = string(cx, &meta)? {
+                        table.set(cx, path, lit);
+                    }
                 } else if path.is_ident("column") {
-                    column.set(cx, path, meta.value()?.parse()?);
+                    if let Some(lit) = string(cx, &meta)? {
+                        column.set(cx, path, lit);
+                    }
                 } else if path.is_ident("key") {
-                    key.set(cx, path, meta.value()?.parse()?);
+                    if let Some(lit) = string(cx, &meta)? {
+                        key.set(cx, path, lit);
+                    }
                 } else if path.is_ident("history") {
-                    history.set(cx, path, meta.value()?.parse()?);
+                    if let Some(lit) = string(cx, &meta)? {
+                        history.set(cx, path, lit);
+                    }
                 } else if path.is_ident("rename_all") {
-                    let name: LitStr = meta.value()?.parse()?;
+                    let Some(name) = string(cx, &meta)? else {
+                        return Ok(());
+                    };
                     match RenameRule::from_name(&name.value()) {
                         Some(rule) => rename_all.set(cx, path, rule),
                         None => cx.error_spanned_by(
@@ -132,6 +146,12 @@ impl Container {
                         ),
                     }
                 } else if path.is_ident("transitions") {
+                    if !parenthesized(cx, &meta, "transitions(pay: Issued -> Paid, ...)")? {
+                        // Present but unreadable: not "missing" as well.
+                        malformed.push(None);
+                        transitions.set(cx, path, Vec::new());
+                        return Ok(());
+                    }
                     let content;
                     syn::parenthesized!(content in meta.input);
                     let list = parse_transitions(cx, &content, &mut malformed)?;
@@ -143,12 +163,27 @@ impl Container {
                     }
                     transitions.set(cx, path, list);
                 } else if path.is_ident("assign") {
+                    if !parenthesized(cx, &meta, "assign(pay, paid_at = \"CURRENT_TIMESTAMP\")")? {
+                        return Ok(());
+                    }
                     let content;
                     syn::parenthesized!(content in meta.input);
                     assigns.extend(parse_assign(&content)?);
                 } else if path.is_ident("crate") {
-                    let lit: LitStr = meta.value()?.parse()?;
-                    krate.set(cx, path, lit.parse::<syn::Path>()?);
+                    let Some(lit) = string(cx, &meta)? else {
+                        return Ok(());
+                    };
+                    match lit.parse::<syn::Path>() {
+                        Ok(crate_path) => krate.set(cx, path, crate_path),
+                        Err(_) => cx.error_spanned_by(
+                            &lit,
+                            format!(
+                                "`crate` takes the path of idem or idem-core, e.g. \"::idem\" \
+                                 or \"crate::reexports::idem\"; {:?} is not a path",
+                                lit.value()
+                            ),
+                        ),
+                    }
                 } else if path.is_ident("initial") {
                     cx.error_spanned_by(
                         path,
@@ -179,6 +214,7 @@ impl Container {
             });
             if let Err(error) = parsed {
                 cx.syn_error(error);
+                incomplete = true;
             }
         }
 
@@ -190,6 +226,7 @@ impl Container {
             rename_all: rename_all.get(),
             transitions: transitions.value,
             malformed,
+            incomplete,
             assigns,
             krate: krate.get(),
         }
@@ -206,7 +243,9 @@ impl VariantAttrs {
                 if path.is_ident("initial") {
                     initial.set(cx, path, ());
                 } else if path.is_ident("rename") {
-                    rename.set(cx, path, meta.value()?.parse()?);
+                    if let Some(lit) = string(cx, &meta)? {
+                        rename.set(cx, path, lit);
+                    }
                 } else {
                     let name = path_name(path);
                     cx.error_spanned_by(
@@ -240,6 +279,42 @@ fn state_machine_attrs(attrs: &[Attribute]) -> impl Iterator<Item = &Attribute> 
 
 fn path_name(path: &syn::Path) -> String {
     quote::quote!(#path).to_string().replace(' ', "")
+}
+
+/// The string value of `key = "..."`. Any other value is reported and
+/// consumed, so the keys after it are still checked.
+fn string(cx: &Ctxt, meta: &ParseNestedMeta<'_>) -> syn::Result<Option<LitStr>> {
+    let key = path_name(&meta.path);
+    let message = format!("`{key}` takes a string literal: {key} = \"...\"");
+    if !meta.input.peek(Token![=]) {
+        cx.error_spanned_by(&meta.path, message);
+        skip_value(meta)?;
+        return Ok(None);
+    }
+    let value = meta.value()?;
+    if value.peek(LitStr) {
+        return value.parse().map(Some);
+    }
+    let found: syn::Expr = value.parse()?;
+    cx.error_spanned_by(found, message);
+    Ok(None)
+}
+
+/// Whether a list key is followed by its parentheses; if not, reports the
+/// expected form and consumes the value.
+fn parenthesized(cx: &Ctxt, meta: &ParseNestedMeta<'_>, usage: &str) -> syn::Result<bool> {
+    if meta.input.peek(syn::token::Paren) {
+        return Ok(true);
+    }
+    cx.error_spanned_by(
+        &meta.path,
+        format!(
+            "`{}` takes a parenthesized list: {usage}",
+            path_name(&meta.path)
+        ),
+    );
+    skip_value(meta)?;
+    Ok(false)
 }
 
 /// Consumes the value of a key that was reported as misplaced or unknown,

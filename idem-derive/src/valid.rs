@@ -56,6 +56,9 @@ pub(crate) fn resolve<'a>(cx: &Ctxt, machine: &'a Machine<'_>) -> Option<Graph<'
         return None;
     }
     let Some((_, defs)) = &machine.attrs.transitions else {
+        if machine.attrs.incomplete {
+            return None;
+        }
         cx.error_spanned_by(
             machine.ident,
             "missing `#[state_machine(transitions(...))]`: list the transitions as \
