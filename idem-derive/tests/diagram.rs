@@ -101,6 +101,25 @@ fn dot_lists_every_state_initial_marker_and_edge() {
     assert_eq!(edges, table_edges::<InvoiceStatus>());
 }
 
+/// States named like DOT keywords, which DOT only accepts quoted.
+#[derive(StateMachine, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[state_machine(transitions(connect: Node -> Edge, draw: Edge -> Graph))]
+enum Graph {
+    Node,
+    Edge,
+    Graph,
+}
+
+#[test]
+fn dot_quotes_the_ids_that_are_dot_keywords() {
+    assert_eq!(
+        Graph::dot(),
+        "digraph \"Graph\" {\n    \"Node\";\n    \"Edge\";\n    \"Graph\";\n    \"[*]\" [shape=point];\n    \
+         \"[*]\" -> \"Node\";\n    \"Node\" -> \"Edge\" [label=\"connect\"];\n    \
+         \"Edge\" -> \"Graph\" [label=\"draw\"];\n}\n"
+    );
+}
+
 #[test]
 fn diagrams_are_compile_time_constants() {
     const MERMAID: &str = InvoiceStatus::mermaid();
