@@ -104,7 +104,7 @@ fn dot_lists_every_state_initial_marker_and_edge() {
 /// States named like DOT keywords, which DOT only accepts quoted.
 #[derive(StateMachine, Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[state_machine(transitions(connect: Node -> Edge, draw: Edge -> Graph))]
-enum Graph {
+enum Subgraph {
     Node,
     Edge,
     Graph,
@@ -113,8 +113,8 @@ enum Graph {
 #[test]
 fn dot_quotes_the_ids_that_are_dot_keywords() {
     assert_eq!(
-        Graph::dot(),
-        "digraph \"Graph\" {\n    \"Node\";\n    \"Edge\";\n    \"Graph\";\n    \"[*]\" [shape=point];\n    \
+        Subgraph::dot(),
+        "digraph \"Subgraph\" {\n    \"Node\";\n    \"Edge\";\n    \"Graph\";\n    \"[*]\" [shape=point];\n    \
          \"[*]\" -> \"Node\";\n    \"Node\" -> \"Edge\" [label=\"connect\"];\n    \
          \"Edge\" -> \"Graph\" [label=\"draw\"];\n}\n"
     );
