@@ -87,6 +87,18 @@
 //! The table's SQL is [`schema`], for projects that keep their own
 //! migrations; [`SqlKeyStore::install`] runs it and may run any number of
 //! times.
+//!
+//! # Statements
+//!
+//! A claim of a new key is one statement on every backend (an upsert on
+//! PostgreSQL and SQLite that also takes over an expired lease, `INSERT
+//! IGNORE` on MySQL); a replay, an in-progress answer or a reused key is
+//! two (the insert, then a read — a shared locking read on MySQL); a
+//! takeover on MySQL is three. `complete`, `release` and `purge` are one
+//! each. No statement compares a time the application sent: every lease
+//! and retention is `database now ± duration`. A pool's
+//! `test_before_acquire` (on by default in sqlx) adds a ping per call; turn
+//! it off on pools that serve hot paths.
 
 mod sql;
 mod store;

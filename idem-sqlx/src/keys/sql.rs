@@ -11,9 +11,11 @@ pub(crate) struct KeySql {
     /// Inserts a running record; on PostgreSQL and SQLite the same
     /// statement takes over an expired lease of the same fingerprint and
     /// returns `attempt` (1 = new, more = taken over). On MySQL it is an
-    /// `INSERT IGNORE` (0 rows = the key exists) followed by `takeover`.
+    /// `INSERT IGNORE` (0 rows = the key exists); `read`, then `takeover`
+    /// when the read found an expired lease.
     pub claim: &'static str,
-    /// MySQL only: takes over an expired lease of the same fingerprint.
+    /// MySQL only: takes over an expired lease of the same fingerprint,
+    /// after a read saw it expired.
     pub takeover: &'static str,
     /// Reads a record: fingerprint, state, status, headers, body, and the
     /// microseconds left on its lease.

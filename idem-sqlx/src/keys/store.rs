@@ -38,15 +38,17 @@ type Row = (
 
 /// What one `read` means for a claim.
 enum Read {
-    /// The record is gone or its lease just ran out: claim again.
-    Again,
+    /// The record is gone (released or purged since): claim again.
+    Vanished,
+    /// A running record of this fingerprint whose lease is over.
+    Expired,
     /// A definite answer.
     Answer(Claim),
 }
 
 fn interpret(row: Option<Row>, fingerprint: &Fingerprint) -> Result<Read, Error> {
     let Some((stored_fp, state, status, headers, body, micros_left)) = row else {
-        return Ok(Read::Again);
+        return Ok(Read::Vanished);
     };
     if stored_fp != fingerprint.to_hex() {
         return Ok(Read::Answer(Claim::KeyReused));
@@ -58,7 +60,7 @@ fn interpret(row: Option<Row>, fingerprint: &Fingerprint) -> Result<Read, Error>
         Some(left) if left > 0 => Ok(Read::Answer(Claim::InProgress {
             retry_after: Duration::from_micros(left as u64),
         })),
-        _ => Ok(Read::Again),
+        _ => Ok(Read::Expired),
     }
 }
 
@@ -121,9 +123,11 @@ macro_rules! sql_key_store {
 
             const SQL: &KeySql = for_dialect(<$db as Backend>::DIALECT);
 
-            /// Inserts the record, or takes over an expired lease; `Some`
-            /// with whether it was taken over, `None` when the key exists.
-            async fn insert_or_take_over(
+            /// Inserts the record: `Some(false)` when it is new. On
+            /// PostgreSQL and SQLite the same statement takes over an
+            /// expired lease of this fingerprint (`Some(true)`). `None`: the
+            /// key exists.
+            async fn insert(
                 conn: &mut Conn,
                 args: &ClaimArgs<'_>,
                 token: i64,
@@ -134,7 +138,7 @@ macro_rules! sql_key_store {
                     let attempt: Option<i32> = sqlx::query_scalar(SQL.claim)
                         .bind(args.scope.as_str())
                         .bind(args.key.as_str())
-                        .bind(&fingerprint)
+                        .bind(fingerprint)
                         .bind(token)
                         .bind(lease)
                         .fetch_optional(&mut *conn)
@@ -144,34 +148,41 @@ macro_rules! sql_key_store {
                 let inserted = sqlx::query(SQL.claim)
                     .bind(args.scope.as_str())
                     .bind(args.key.as_str())
-                    .bind(&fingerprint)
+                    .bind(fingerprint)
                     .bind(token)
                     .bind(lease)
                     .execute(&mut *conn)
                     .await?
                     .rows_affected();
-                if inserted == 1 {
-                    return Ok(Some(false));
-                }
+                Ok((inserted == 1).then_some(false))
+            }
+
+            /// MySQL: takes over an expired lease of this fingerprint. Run
+            /// only after a read saw it expired, so duplicates that will
+            /// replay or wait never ask for the row's exclusive lock (in a
+            /// transaction, two of them upgrading their shared locks would
+            /// deadlock).
+            async fn take_over(
+                conn: &mut Conn,
+                args: &ClaimArgs<'_>,
+                token: i64,
+            ) -> Result<bool, sqlx::Error> {
                 let taken = sqlx::query(SQL.takeover)
                     .bind(token)
-                    .bind(lease)
+                    .bind(micros(args.lease))
                     .bind(args.scope.as_str())
                     .bind(args.key.as_str())
-                    .bind(&fingerprint)
+                    .bind(args.fingerprint.to_hex())
                     .execute(&mut *conn)
                     .await?
                     .rows_affected();
-                Ok((taken == 1).then_some(true))
+                Ok(taken == 1)
             }
 
             async fn claim_on(conn: &mut Conn, args: &ClaimArgs<'_>) -> Result<Claim, Error> {
                 for _ in 0..MAX_CLAIM_ROUNDS {
                     let token = new_token();
-                    match insert_or_take_over(conn, args, token)
-                        .await
-                        .map_err(db_error)?
-                    {
+                    match insert(conn, args, token).await.map_err(db_error)? {
                         Some(false) => return Ok(Claim::New(args.lease(token))),
                         Some(true) => return Ok(Claim::Recovered(args.lease(token))),
                         None => {}
@@ -182,8 +193,17 @@ macro_rules! sql_key_store {
                         .fetch_optional(&mut *conn)
                         .await
                         .map_err(db_error)?;
-                    if let Read::Answer(claim) = interpret(row, args.fingerprint)? {
-                        return Ok(claim);
+                    match interpret(row, args.fingerprint)? {
+                        Read::Answer(claim) => return Ok(claim),
+                        // Gone since the insert: insert again.
+                        Read::Vanished => {}
+                        // The next upsert takes it over.
+                        Read::Expired if SQL.takeover.is_empty() => {}
+                        Read::Expired => {
+                            if take_over(conn, args, token).await.map_err(db_error)? {
+                                return Ok(Claim::Recovered(args.lease(token)));
+                            }
+                        }
                     }
                 }
                 // Other requests keep releasing and re-claiming this key
