@@ -44,10 +44,10 @@ async fn pay(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> 
 }
 
 /// POST /slow: like /payments, but waits until the test opens the gate.
-async fn slow(State(state): State<AppState>) -> &'static str {
-    state.runs.fetch_add(1, Ordering::SeqCst);
+async fn slow(State(state): State<AppState>) -> String {
+    let run = state.runs.fetch_add(1, Ordering::SeqCst) + 1;
     state.gate.notified().await;
-    "slow done"
+    format!("slow run {run}")
 }
 
 /// POST /claimed: shows the key the layer claimed.
@@ -264,9 +264,9 @@ async fn a_duplicate_while_the_first_runs_gets_409_with_retry_after() {
     assert!((1..=30).contains(&retry_after), "{retry_after}");
 
     state.gate.notify_one();
-    assert_eq!(first.await.unwrap().2, "slow done");
+    assert_eq!(first.await.unwrap().2, "slow run 1");
     let replay = send(&app, request("/slow", "k4").body(Body::empty()).unwrap()).await;
-    assert_eq!(replay.2, "slow done");
+    assert_eq!(replay.2, "slow run 1");
     assert_eq!(replay.1["idempotent-replayed"], "true");
     assert_eq!(state.runs.load(Ordering::SeqCst), 1);
 }
@@ -534,4 +534,35 @@ mod sqlite {
         assert!(problem["detail"].as_str().unwrap().contains("retry later"));
         assert_eq!(state.runs.load(Ordering::SeqCst), 0);
     }
+}
+
+#[tokio::test]
+async fn a_run_that_outlives_its_lease_is_taken_over_and_its_late_response_is_not_stored() {
+    let state = AppState::default();
+    let app = app_with(
+        IdempotencyLayer::new(MemoryStore::default(), client_scope)
+            .lease(Duration::from_millis(50)),
+        state.clone(),
+    );
+    let slow_request = || request("/slow", "k16").body(Body::empty()).unwrap();
+    let spawn = |app: Router| tokio::spawn(async move { send(&app, slow_request()).await });
+    let first = spawn(app.clone());
+    while state.runs.load(Ordering::SeqCst) < 1 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The first run's lease is over: the retry takes the key over.
+    let second = spawn(app.clone());
+    while state.runs.load(Ordering::SeqCst) < 2 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    state.gate.notify_waiters();
+    let (first, second) = (first.await.unwrap(), second.await.unwrap());
+    assert_eq!(first.2, "slow run 1");
+    assert_eq!(second.2, "slow run 2");
+    // Only the holder of the key stored its response.
+    let replay = send(&app, slow_request()).await;
+    assert_eq!(replay.1["idempotent-replayed"], "true");
+    assert_eq!(replay.2, "slow run 2");
+    assert_eq!(state.runs.load(Ordering::SeqCst), 2);
 }
