@@ -486,6 +486,22 @@ macro_rules! database_suite {
             }
 
             #[tokio::test]
+            async fn the_longest_valid_ids_fit_the_table() {
+                let Some(pool) = setup(2).await else { return };
+                let consumer = "c".repeat(255);
+                let inbox = Inbox::new(pool.clone(), &consumer).unwrap();
+                let handler = RecordEffect::default();
+                // 255 bytes each: ASCII, and two-byte characters plus one.
+                let ascii = id(&"e".repeat(255));
+                let accented = id(&format!("{}x", "é".repeat(127)));
+                for event in [&ascii, &accented] {
+                    assert!(inbox.process(event, &handler).await.unwrap().is_processed());
+                    assert!(inbox.process(event, &handler).await.unwrap().is_duplicate());
+                }
+                assert_eq!(count(&pool, "SELECT count(*) FROM idem_inbox").await, 2);
+            }
+
+            #[tokio::test]
             async fn event_ids_that_differ_only_in_case_or_trailing_space_are_distinct() {
                 let Some(pool) = setup(2).await else { return };
                 let inbox = Inbox::new(pool.clone(), "billing").unwrap();
