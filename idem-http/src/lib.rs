@@ -76,8 +76,10 @@
 mod error;
 pub mod future;
 mod layer;
+mod scope;
 mod service;
 
 pub use error::Rejection;
 pub use layer::IdempotencyLayer;
+pub use scope::scope_from_header;
 pub use service::{ClaimedKey, Idempotency, REPLAYED_HEADER};

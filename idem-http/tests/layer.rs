@@ -499,6 +499,7 @@ async fn a_custom_header_and_method_list_are_honoured() {
 
 mod sqlite {
     use super::*;
+    use axum::http::HeaderName;
     use idem_sqlx::keys::SqlKeyStore;
     use sqlx::sqlite::SqlitePoolOptions;
 
@@ -515,7 +516,8 @@ mod sqlite {
         let store = SqlKeyStore::new(pool().await);
         store.install().await.unwrap();
         let state = AppState::default();
-        let app = app_with(IdempotencyLayer::new(store, client_scope), state.clone());
+        let scope = idem_http::scope_from_header(HeaderName::from_static("x-client-id"), "api");
+        let app = app_with(IdempotencyLayer::new(store, scope), state.clone());
         let first = send(&app, post_json("/payments", "k14", "{}")).await;
         let retry = send(&app, post_json("/payments", "k14", "{}")).await;
         assert_eq!(retry.1["idempotent-replayed"], "true");
