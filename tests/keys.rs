@@ -561,6 +561,38 @@ macro_rules! transactional {
             }
 
             #[tokio::test]
+            async fn when_the_response_cannot_be_stored_the_work_rolls_back_with_it() {
+                let Some(store) = setup(2).await else { return };
+                let sabotaged = store
+                    .run_once(&scope("c"), &key("tx-2"), &fp("x"), |tx: &mut Tx| {
+                        Box::pin(async move {
+                            sqlx::query("INSERT INTO effects (n) VALUES (1)")
+                                .execute(&mut **tx)
+                                .await
+                                .unwrap();
+                            // The claim vanishes before the response is stored.
+                            sqlx::query("DELETE FROM idem_keys")
+                                .execute(&mut **tx)
+                                .await
+                                .unwrap();
+                            Ok::<_, Declined>(response(b"lost"))
+                        })
+                    })
+                    .await;
+                assert!(
+                    matches!(
+                        sabotaged,
+                        Err(HandlerError::Idem(idem_sqlx::Error::Core(
+                            idem::Error::LeaseLost
+                        )))
+                    ),
+                    "{sabotaged:?}"
+                );
+                assert_eq!(count(&store, "effects").await, 0);
+                assert_eq!(count(&store, "idem_keys").await, 0);
+            }
+
+            #[tokio::test]
             async fn a_transactional_key_reused_with_another_payload_is_rejected_without_running() {
                 let Some(store) = setup(2).await else { return };
                 let runs = Arc::new(AtomicUsize::new(0));
