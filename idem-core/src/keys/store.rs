@@ -59,7 +59,7 @@ pub enum Claim {
     Recovered(Lease),
     /// The key completed before: return this response and do not run the
     /// work.
-    Replay(super::StoredResponse),
+    Replay(StoredResponse),
     /// Another request holds a live lease on the key: ask the client to
     /// retry after `retry_after` (HTTP 409 with `Retry-After`).
     InProgress {
