@@ -220,8 +220,11 @@ impl KeyStore for MemoryStore {
                 RecordState::Done { completed_at, .. } => completed_at,
                 RecordState::Running { lease_until, .. } => lease_until,
             };
-            now.checked_duration_since(since)
-                .map_or(true, |age| age < retention)
+            // `since` is in the future for a live lease: keep it.
+            match now.checked_duration_since(since) {
+                Some(age) => age < retention,
+                None => true,
+            }
         });
         Ok((before - records.map.len()) as u64)
     }
