@@ -558,20 +558,31 @@ where
         i64: idem_sqlx::Key<DB>,
     {
         type Error = String;
-        async fn on_applied(&self, _: &mut DB::Connection, change: Change<'_, Invoice, i64>) -> Result<(), String> {
+        async fn on_applied(
+            &self,
+            _: &mut DB::Connection,
+            change: Change<'_, Invoice, i64>,
+        ) -> Result<(), String> {
             panic!("the handler ran for {change:?}, but the holder applied the change")
         }
     }
     invoice(pool, id, "issued").await;
     let iso = DB::pool_with_isolation(pool, waiters as u32, level).await;
     let mut holder = pool.begin().await.unwrap();
-    assert!(Invoice::pay().apply(&mut holder, id).await.unwrap().is_applied());
+    assert!(Invoice::pay()
+        .apply(&mut holder, id)
+        .await
+        .unwrap()
+        .is_applied());
     let rec = Recorder::default();
     let tasks: Vec<_> = (0..waiters)
         .map(|_| {
             let (iso, rec) = (iso.clone(), rec.clone());
             tokio::spawn(async move {
-                let policy = RetryPolicy { max_attempts: 3, ..RetryPolicy::default() };
+                let policy = RetryPolicy {
+                    max_attempts: 3,
+                    ..RetryPolicy::default()
+                };
                 rec.record(Invoice::pay().apply_with_policy(&iso, id, &Never, policy))
                     .await
                     .unwrap()
@@ -580,13 +591,19 @@ where
         .collect();
     until_waiting(pool, waiters as i64).await;
     holder.commit().await.unwrap();
-    let outcomes = futures::future::join_all(tasks).await.into_iter().map(Result::unwrap).collect();
+    let outcomes = futures::future::join_all(tasks)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
     (outcomes, rec.retries())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn postgres_callers_blocked_on_the_row_retry_exactly_where_the_isolation_level_requires() {
-    let Some(pool) = sqlx::Postgres::pool(4).await else { return };
+    let Some(pool) = sqlx::Postgres::pool(4).await else {
+        return;
+    };
     setup(&pool).await;
     for (id, level, expected_retries) in [
         (1, "READ COMMITTED", 0),
@@ -603,7 +620,9 @@ async fn postgres_callers_blocked_on_the_row_retry_exactly_where_the_isolation_l
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn mysql_callers_blocked_on_the_row_see_the_committed_state_without_retrying() {
-    let Some(pool) = sqlx::MySql::pool(4).await else { return };
+    let Some(pool) = sqlx::MySql::pool(4).await else {
+        return;
+    };
     setup(&pool).await;
     for (id, level) in [(1, "REPEATABLE READ"), (2, "READ COMMITTED")] {
         let (outcomes, retries) = blocked_callers(&pool, level, id, 8).await;
@@ -615,7 +634,9 @@ async fn mysql_callers_blocked_on_the_row_see_the_committed_state_without_retryi
 
 #[tokio::test]
 async fn mysql_follow_up_read_sees_the_committed_row_not_the_repeatable_read_snapshot() {
-    let Some(pool) = sqlx::MySql::pool(4).await else { return };
+    let Some(pool) = sqlx::MySql::pool(4).await else {
+        return;
+    };
     setup(&pool).await;
     invoice(&pool, 1, "issued").await;
     invoice(&pool, 2, "issued").await;
@@ -640,19 +661,27 @@ async fn mysql_follow_up_read_sees_the_committed_row_not_the_repeatable_read_sna
     assert_eq!(rec.take(), ["UPDATE", "SELECT"]);
     assert_eq!(
         Bare::pay().apply(&mut tx, 2i64).await.unwrap(),
-        Outcome::Rejected { current: Bare::Void }
+        Outcome::Rejected {
+            current: Bare::Void
+        }
     );
     tx.commit().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn postgres_reads_again_when_the_row_moved_while_the_statement_waited() {
-    let Some(pool) = sqlx::Postgres::pool(4).await else { return };
+    let Some(pool) = sqlx::Postgres::pool(4).await else {
+        return;
+    };
     setup(&pool).await;
     invoice(&pool, 1, "draft").await;
     let iso = sqlx::Postgres::pool_with_isolation(&pool, 1, "READ COMMITTED").await;
     let mut holder = pool.begin().await.unwrap();
-    assert!(Invoice::issue().apply(&mut holder, 1i64).await.unwrap().is_applied());
+    assert!(Invoice::issue()
+        .apply(&mut holder, 1i64)
+        .await
+        .unwrap()
+        .is_applied());
     let rec = Recorder::default();
     let waiter = {
         let (iso, rec) = (iso.clone(), rec.clone());
@@ -665,15 +694,23 @@ async fn postgres_reads_again_when_the_row_moved_while_the_statement_waited() {
     // `issued`, and the update ran again from there.
     assert_eq!(
         waiter.await.unwrap(),
-        Outcome::Applied { from: Invoice::Issued, to: Invoice::Void }
+        Outcome::Applied {
+            from: Invoice::Issued,
+            to: Invoice::Void
+        }
     );
     assert_eq!(rec.take(), ["WITH", "SELECT", "WITH"]);
-    assert_eq!(history(&pool, 1).await, ["issue:draft->issued", "void:issued->void"]);
+    assert_eq!(
+        history(&pool, 1).await,
+        ["issue:draft->issued", "void:issued->void"]
+    );
 }
 
 #[tokio::test]
 async fn postgres_conflict_in_a_callers_repeatable_read_transaction_is_retryable() {
-    let Some(pool) = sqlx::Postgres::pool(4).await else { return };
+    let Some(pool) = sqlx::Postgres::pool(4).await else {
+        return;
+    };
     setup(&pool).await;
     invoice(&pool, 1, "issued").await;
     let iso = sqlx::Postgres::pool_with_isolation(&pool, 1, "REPEATABLE READ").await;
@@ -683,13 +720,19 @@ async fn postgres_conflict_in_a_callers_repeatable_read_transaction_is_retryable
         .await
         .unwrap();
     assert_eq!(seen, "issued");
-    assert!(Invoice::void().apply(&pool, 1i64).await.unwrap().is_applied());
+    assert!(Invoice::void()
+        .apply(&pool, 1i64)
+        .await
+        .unwrap()
+        .is_applied());
     let error = Invoice::pay().apply(&mut tx, 1i64).await.unwrap_err();
     assert!(matches!(error, Error::Retryable(_)), "{error:?}");
     tx.rollback().await.unwrap();
     // Run again, the caller's transaction sees the winner.
     assert_eq!(
         Invoice::pay().apply(&iso, 1i64).await.unwrap(),
-        Outcome::Rejected { current: Invoice::Void }
+        Outcome::Rejected {
+            current: Invoice::Void
+        }
     );
 }

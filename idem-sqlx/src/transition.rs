@@ -27,7 +27,27 @@ use crate::{Backend, Error, HandlerError, Key, RetryPolicy, TransitionHandler};
 /// With a history table, MySQL and SQLite write the history row with one
 /// more statement inside a transaction (`BEGIN` and `COMMIT` when the
 /// executor is not in one, a savepoint otherwise); PostgreSQL writes it in
-/// the same statement.
+/// the same statement. No call ever takes a lock before its write (`SELECT
+/// ... FOR UPDATE`): the guarded write is the first statement, except for
+/// a multi-source transition on SQLite, where a plain read comes first and
+/// the write is a compare-and-set on exactly the state read.
+///
+/// Two things to know:
+/// - sqlx pools ping a connection before handing it out unless
+///   `PoolOptions::test_before_acquire(false)` is set: a hidden round trip
+///   per call on a pool, not counted above.
+/// - On MySQL a multi-source transition learns the state it moved from
+///   through `LAST_INSERT_ID(expr)`, so afterwards `LAST_INSERT_ID()` on
+///   that connection returns the source's position, not the last
+///   auto-increment id: read your insert's id before applying one.
+///
+/// Under PostgreSQL's REPEATABLE READ and SERIALIZABLE, a row changed by a
+/// transaction that committed after this one's snapshot makes the statement
+/// fail with a serialization failure: [`apply_with`](Self::apply_with)
+/// runs its transaction again; inside a caller's transaction it is
+/// [`Error::Retryable`]. Under READ COMMITTED (and on MySQL, whose updates
+/// and locking reads see the latest committed row) a caller that waited on
+/// the row lock gets the committed state's outcome without a retry.
 pub trait TransitionExt<S: State> {
     /// Applies the transition to the row with `key`, on a pool, a
     /// connection or an open transaction (then the caller's transaction

@@ -4,9 +4,9 @@
 //! statements (and retries) one future sends.
 #![allow(dead_code)]
 
-use std::str::FromStr;
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::str::FromStr;
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
@@ -16,15 +16,20 @@ use idem_sqlx::Backend;
 use sqlx::mysql::{MySqlConnectOptions, MySqlPoolOptions};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Executor, MySql, Pool, Postgres, Sqlite};
-use tracing::Instrument;
 use tracing::subscriber::Interest;
+use tracing::Instrument;
 use tracing::{Event, Metadata, Subscriber};
 
 use crate::common;
 
 /// Invoices with a history table and an extra assignment on `pay`.
 #[derive(StateMachine, Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[state_machine(table = "invoices", column = "status", key = "id", history = "invoice_history")]
+#[state_machine(
+    table = "invoices",
+    column = "status",
+    key = "id",
+    history = "invoice_history"
+)]
 #[state_machine(transitions(
     issue: Draft -> Issued,
     pay: Issued -> Paid,
@@ -65,7 +70,12 @@ pub enum Bare {
 
 /// Accounts keyed by a text code.
 #[derive(StateMachine, Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[state_machine(table = "accounts", column = "state", key = "code", history = "account_history")]
+#[state_machine(
+    table = "accounts",
+    column = "state",
+    key = "code",
+    history = "account_history"
+)]
 #[state_machine(transitions(close: Open | Frozen -> Closed, freeze: Open -> Frozen))]
 pub enum Account {
     #[state_machine(initial)]
@@ -106,7 +116,6 @@ pub trait Locking: Db {
     /// How many sessions of the pools made by `pool_with_isolation` on
     /// this database wait for a row lock.
     fn waiting(pool: &Pool<Self>) -> BoxFuture<'_, i64>;
-
 }
 
 /// A backend the suite runs on: isolated pools and raw SQL helpers.
@@ -299,7 +308,11 @@ pub async fn until_waiting<DB: Locking>(pool: &Pool<DB>, n: i64) {
 /// Creates the suite's tables (idem installs the history tables itself).
 pub async fn setup<DB: Db>(pool: &Pool<DB>) {
     let ts = DB::TIMESTAMP;
-    let text = if DB::BACKEND == "mysql" { "VARCHAR(64)" } else { "TEXT" };
+    let text = if DB::BACKEND == "mysql" {
+        "VARCHAR(64)"
+    } else {
+        "TEXT"
+    };
     DB::exec(
         pool,
         &format!(
@@ -314,7 +327,10 @@ pub async fn setup<DB: Db>(pool: &Pool<DB>) {
     .await;
     DB::exec(
         pool,
-        &format!("CREATE TABLE jobs (id {} PRIMARY KEY, state {text} NOT NULL)", DB::UUID),
+        &format!(
+            "CREATE TABLE jobs (id {} PRIMARY KEY, state {text} NOT NULL)",
+            DB::UUID
+        ),
     )
     .await;
     DB::exec(
@@ -322,10 +338,16 @@ pub async fn setup<DB: Db>(pool: &Pool<DB>) {
         "CREATE TABLE charges (invoice_id BIGINT NOT NULL, amount BIGINT NOT NULL)",
     )
     .await;
-    assert!(idem_sqlx::history::install::<Invoice, DB>(pool).await.unwrap());
+    assert!(idem_sqlx::history::install::<Invoice, DB>(pool)
+        .await
+        .unwrap());
     // Installing twice is harmless.
-    assert!(idem_sqlx::history::install::<Invoice, DB>(pool).await.unwrap());
-    assert!(idem_sqlx::history::install::<Account, DB>(pool).await.unwrap());
+    assert!(idem_sqlx::history::install::<Invoice, DB>(pool)
+        .await
+        .unwrap());
+    assert!(idem_sqlx::history::install::<Account, DB>(pool)
+        .await
+        .unwrap());
     assert!(!idem_sqlx::history::install::<Bare, DB>(pool).await.unwrap());
 }
 
@@ -340,9 +362,12 @@ pub async fn invoice<DB: Db>(pool: &Pool<DB>, id: i64, status: &str) {
 
 /// The stored status of invoice `id`.
 pub async fn status<DB: Db>(pool: &Pool<DB>, id: i64) -> String {
-    DB::text(pool, &format!("SELECT status FROM invoices WHERE id = {id}"))
-        .await
-        .unwrap()
+    DB::text(
+        pool,
+        &format!("SELECT status FROM invoices WHERE id = {id}"),
+    )
+    .await
+    .unwrap()
 }
 
 /// The history rows of invoice `id`, oldest first, as `transition:from->to`.
@@ -407,7 +432,8 @@ impl Recorder {
             router.recorders.insert(id, self.log.clone());
             id
         };
-        let span = tracing::span!(target: RECORD_TARGET, tracing::Level::INFO, "record", recorder = id);
+        let span =
+            tracing::span!(target: RECORD_TARGET, tracing::Level::INFO, "record", recorder = id);
         future.instrument(span).await
     }
 
@@ -483,7 +509,10 @@ impl Subscriber for Global {
         [RECORD_TARGET, "sqlx::query", idem_sqlx::RETRY_TARGET].contains(&meta.target())
     }
     fn new_span(&self, attrs: &tracing::span::Attributes<'_>) -> tracing::span::Id {
-        let mut fields = Fields { recorder: 0, summary: String::new() };
+        let mut fields = Fields {
+            recorder: 0,
+            summary: String::new(),
+        };
         attrs.record(&mut fields);
         let mut router = ROUTER.lock().unwrap();
         router.next_span += 1;
@@ -499,17 +528,29 @@ impl Subscriber for Global {
         };
         let log = {
             let router = ROUTER.lock().unwrap();
-            let Some((recorder, _)) = router.spans.get(&span) else { return };
-            let Some(log) = router.recorders.get(recorder) else { return };
+            let Some((recorder, _)) = router.spans.get(&span) else {
+                return;
+            };
+            let Some(log) = router.recorders.get(recorder) else {
+                return;
+            };
             log.clone()
         };
         if event.metadata().target() == idem_sqlx::RETRY_TARGET {
             *log.retries.lock().unwrap() += 1;
             return;
         }
-        let mut fields = Fields { recorder: 0, summary: String::new() };
+        let mut fields = Fields {
+            recorder: 0,
+            summary: String::new(),
+        };
         event.record(&mut fields);
-        let first = fields.summary.split_whitespace().next().unwrap_or("").to_uppercase();
+        let first = fields
+            .summary
+            .split_whitespace()
+            .next()
+            .unwrap_or("")
+            .to_uppercase();
         log.statements.lock().unwrap().push(first);
     }
     fn enter(&self, span: &tracing::span::Id) {
@@ -528,7 +569,9 @@ impl Subscriber for Global {
             return tracing_core::span::Current::none();
         };
         match ROUTER.lock().unwrap().spans.get(&span) {
-            Some((_, meta)) => tracing_core::span::Current::new(tracing::span::Id::from_u64(span), meta),
+            Some((_, meta)) => {
+                tracing_core::span::Current::new(tracing::span::Id::from_u64(span), meta)
+            }
             None => tracing_core::span::Current::none(),
         }
     }
