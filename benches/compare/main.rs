@@ -85,6 +85,7 @@ fn plan(measure: bool) -> Plan {
                 budget: Duration::from_millis(10),
                 rounds: 1,
                 counted_ops: 2,
+                warm_up: true,
             },
             sizes: Sizes {
                 moves: 400,
@@ -100,6 +101,7 @@ fn plan(measure: bool) -> Plan {
             budget: Duration::from_secs_f64(parse_env("IDEM_BENCH_SECONDS", 0.3)),
             rounds: parse_env("IDEM_BENCH_ROUNDS", 5),
             counted_ops: 50,
+            warm_up: true,
         },
         sizes: Sizes {
             moves: 20_000,

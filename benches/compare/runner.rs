@@ -28,6 +28,22 @@ pub struct Timing {
     pub rounds: usize,
     /// Operations of each side whose statements are counted.
     pub counted_ops: usize,
+    /// Whether a discarded warm-up round (a fifth of the budget) runs first.
+    pub warm_up: bool,
+}
+
+impl Timing {
+    /// For operations that take longer than the budget (e: a thousand
+    /// single calls each): at most two rounds, no warm-up, one counted
+    /// operation.
+    pub fn heavy(self) -> Timing {
+        Timing {
+            rounds: self.rounds.min(2),
+            counted_ops: 1,
+            warm_up: false,
+            ..self
+        }
+    }
 }
 
 /// One side of a comparison: the baseline or idem.
@@ -158,9 +174,10 @@ pub async fn compare(
     baseline: &Side<'_>,
     idem: &Side<'_>,
 ) -> (Stats, Stats) {
-    let warm_up = timing.budget / 5;
-    round(baseline, tasks, warm_up).await;
-    round(idem, tasks, warm_up).await;
+    if timing.warm_up {
+        round(baseline, tasks, timing.budget / 5).await;
+        round(idem, tasks, timing.budget / 5).await;
+    }
     let mut stats = (Stats::default(), Stats::default());
     for r in 0..timing.rounds {
         if r % 2 == 0 {
