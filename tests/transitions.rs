@@ -491,6 +491,33 @@ macro_rules! suite {
                 assert!(Bare::void().apply_many::<DB, i64>(&pool, &[]).await.unwrap().is_empty());
             }
 
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn concurrent_batches_apply_each_key_once() {
+                let Some(pool) = pool(8).await else { return };
+                for id in 0..10 {
+                    invoice(&pool, id, if id % 2 == 0 { "draft" } else { "issued" }).await;
+                }
+                let keys: Vec<i64> = (0..10).collect();
+                let tasks: Vec<_> = (0..8)
+                    .map(|i| {
+                        let pool = pool.clone();
+                        let mut keys = keys.clone();
+                        keys.rotate_left(i);
+                        tokio::spawn(async move { Invoice::void().apply_many(&pool, &keys).await.unwrap() })
+                    })
+                    .collect();
+                let outcomes: Vec<_> = futures::future::join_all(tasks)
+                    .await
+                    .into_iter()
+                    .flat_map(Result::unwrap)
+                    .collect();
+                assert_eq!(tally(&outcomes), [10, 70, 0, 0], "{outcomes:?}");
+                for id in 0..10 {
+                    assert_eq!(history(&pool, id).await.len(), 1, "{id}");
+                    assert_eq!(status(&pool, id).await, "void");
+                }
+            }
+
             #[tokio::test]
             async fn text_and_uuid_keys_work() {
                 let Some(pool) = pool(2).await else { return };
@@ -539,13 +566,15 @@ suite!(mysql, sqlx::MySql);
 
 /// Pays invoice `id` in a transaction that stays open (holding the row
 /// lock) while `waiters` callers on a pool with isolation `level` run
-/// `apply_with`; then commits. Returns their outcomes and the retries.
+/// `apply_with` under `policy`; then commits. Returns their results and
+/// the retries.
 async fn blocked_callers<DB>(
     pool: &Pool<DB>,
     level: &'static str,
     id: i64,
     waiters: usize,
-) -> (Vec<Outcome<Invoice>>, u32)
+    policy: RetryPolicy,
+) -> (Vec<Result<Outcome<Invoice>, HandlerError<String>>>, u32)
 where
     DB: Locking,
     i64: idem_sqlx::Key<DB>,
@@ -579,13 +608,8 @@ where
         .map(|_| {
             let (iso, rec) = (iso.clone(), rec.clone());
             tokio::spawn(async move {
-                let policy = RetryPolicy {
-                    max_attempts: 3,
-                    ..RetryPolicy::default()
-                };
                 rec.record(Invoice::pay().apply_with_policy(&iso, id, &Never, policy))
                     .await
-                    .unwrap()
             })
         })
         .collect();
@@ -605,17 +629,40 @@ async fn postgres_callers_blocked_on_the_row_retry_exactly_where_the_isolation_l
         return;
     };
     setup(&pool).await;
+    let three = RetryPolicy {
+        max_attempts: 3,
+        ..RetryPolicy::default()
+    };
     for (id, level, expected_retries) in [
         (1, "READ COMMITTED", 0),
         (2, "REPEATABLE READ", 8),
         (3, "SERIALIZABLE", 8),
     ] {
-        let (outcomes, retries) = blocked_callers(&pool, level, id, 8).await;
+        let (results, retries) = blocked_callers(&pool, level, id, 8, three).await;
         eprintln!("postgres {level}: {retries} retries for 8 blocked callers");
+        let outcomes: Vec<_> = results.into_iter().map(Result::unwrap).collect();
         assert_eq!(tally(&outcomes), [0, 8, 0, 0], "{level}: {outcomes:?}");
         assert_eq!(retries, expected_retries, "{level}");
         assert_eq!(history(&pool, id).await, ["pay:issued->paid"], "{level}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_retries_stop_at_the_policys_bound() {
+    let Some(pool) = sqlx::Postgres::pool(4).await else {
+        return;
+    };
+    setup(&pool).await;
+    let (results, retries) =
+        blocked_callers(&pool, "REPEATABLE READ", 1, 4, RetryPolicy::none()).await;
+    assert_eq!(retries, 0);
+    for result in results {
+        match result {
+            Err(HandlerError::Idem(Error::RetriesExhausted { attempts: 1, .. })) => {}
+            other => panic!("expected RetriesExhausted after 1 attempt, got {other:?}"),
+        }
+    }
+    assert_eq!(history(&pool, 1).await, ["pay:issued->paid"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -625,7 +672,8 @@ async fn mysql_callers_blocked_on_the_row_see_the_committed_state_without_retryi
     };
     setup(&pool).await;
     for (id, level) in [(1, "REPEATABLE READ"), (2, "READ COMMITTED")] {
-        let (outcomes, retries) = blocked_callers(&pool, level, id, 8).await;
+        let (results, retries) = blocked_callers(&pool, level, id, 8, RetryPolicy::default()).await;
+        let outcomes: Vec<_> = results.into_iter().map(Result::unwrap).collect();
         assert_eq!(tally(&outcomes), [0, 8, 0, 0], "{level}: {outcomes:?}");
         assert_eq!(retries, 0, "{level}");
         assert_eq!(history(&pool, id).await, ["pay:issued->paid"], "{level}");
