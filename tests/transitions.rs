@@ -784,3 +784,114 @@ async fn postgres_conflict_in_a_callers_repeatable_read_transaction_is_retryable
         }
     );
 }
+
+/// Tickets stored in a native enum column (PostgreSQL `CREATE TYPE ... AS
+/// ENUM`, MySQL `ENUM(...)`).
+#[derive(StateMachine, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[state_machine(
+    table = "tickets",
+    column = "state",
+    key = "id",
+    history = "ticket_history"
+)]
+#[state_machine(transitions(hold: Open -> Pending, close: Open | Pending -> Closed))]
+enum Ticket {
+    #[state_machine(initial)]
+    Open,
+    Pending,
+    Closed,
+}
+
+async fn native_enum_columns_work<DB>(pool: Pool<DB>, ddl: &[&str])
+where
+    DB: Db,
+    i64: idem_sqlx::Key<DB>,
+    for<'c> &'c Pool<DB>: sqlx::Acquire<'c, Database = DB>,
+{
+    for statement in ddl {
+        DB::exec(&pool, statement).await;
+    }
+    assert!(idem_sqlx::history::install::<Ticket, DB>(&pool)
+        .await
+        .unwrap());
+    DB::exec(
+        &pool,
+        "INSERT INTO tickets (id, state) VALUES (1, 'open'), (2, 'open'), (3, 'pending')",
+    )
+    .await;
+    use Ticket::*;
+    assert_eq!(
+        Ticket::hold().apply(&pool, 1i64).await.unwrap(),
+        Outcome::Applied {
+            from: Open,
+            to: Pending
+        }
+    );
+    assert_eq!(
+        Ticket::close().apply(&pool, 1i64).await.unwrap(),
+        Outcome::Applied {
+            from: Pending,
+            to: Closed
+        }
+    );
+    assert_eq!(
+        Ticket::close().apply(&pool, 1i64).await.unwrap(),
+        Outcome::AlreadyApplied { state: Closed }
+    );
+    assert_eq!(
+        Ticket::hold().apply(&pool, 1i64).await.unwrap(),
+        Outcome::Rejected { current: Closed }
+    );
+    assert_eq!(
+        Ticket::close()
+            .apply_many(&pool, &[2i64, 3, 1, 4])
+            .await
+            .unwrap(),
+        [
+            Outcome::Applied {
+                from: Open,
+                to: Closed
+            },
+            Outcome::Applied {
+                from: Pending,
+                to: Closed
+            },
+            Outcome::AlreadyApplied { state: Closed },
+            Outcome::NotFound,
+        ]
+    );
+    let rows = DB::count(
+        &pool,
+        "SELECT COUNT(*) FROM ticket_history WHERE from_state = 'pending' AND to_state = 'closed'",
+    )
+    .await;
+    assert_eq!(rows, 2);
+}
+
+#[tokio::test]
+async fn postgres_enum_columns_work() {
+    let Some(pool) = sqlx::Postgres::pool(2).await else {
+        return;
+    };
+    native_enum_columns_work(
+        pool,
+        &[
+            "CREATE TYPE ticket_state AS ENUM ('open', 'pending', 'closed')",
+            "CREATE TABLE tickets (id BIGINT PRIMARY KEY, state ticket_state NOT NULL)",
+        ],
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn mysql_enum_columns_work() {
+    let Some(pool) = sqlx::MySql::pool(2).await else {
+        return;
+    };
+    native_enum_columns_work(
+        pool,
+        &["CREATE TABLE tickets (id BIGINT PRIMARY KEY, \
+           state ENUM('open', 'pending', 'closed') NOT NULL)"],
+    )
+    .await;
+}
