@@ -2,12 +2,14 @@
 //! assembles SQL at run time, and only the placeholder lists of a batch
 //! (`WHEN ? THEN 0 ...`, `IN (?, ?, ...)`) around compiled fragments.
 //!
-//! It runs inside a transaction (idem's own or a savepoint): one locking
-//! read of the whole batch (MySQL: `LOCK IN SHARE MODE`; SQLite: the
-//! transaction holds the write lock from `BEGIN IMMEDIATE`), then one
-//! compare-and-set `UPDATE` per source state present in the batch. The
-//! read's locks keep every row where the read saw it, so each `UPDATE`
-//! must match exactly the keys of its group.
+//! It runs inside a transaction idem owns (retried on deadlocks): one
+//! locking read of the whole batch (MySQL: `LOCK IN SHARE MODE`; SQLite:
+//! the transaction holds the write lock from `BEGIN IMMEDIATE`), then one
+//! compare-and-set `UPDATE` per source state present in the batch, then
+//! one history `INSERT` per moved key. The read's locks keep every row
+//! where the read saw it, so each `UPDATE` must match exactly the keys of
+//! its group. Two batches that share keys can deadlock upgrading their
+//! shared locks on MySQL; the loser's transaction runs again.
 
 use futures::future::BoxFuture;
 use idem_core::{DialectSql, Outcome, State, Transition};
