@@ -3,6 +3,10 @@
 pub use idem_core::*;
 pub use idem_derive::StateMachine;
 
+/// What `#[derive(StateMachine)]` generates code against. Not a public API.
+#[doc(hidden)]
+pub use idem_core as __private_core;
+
 #[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
 pub use idem_sqlx as sqlx;
 

@@ -26,28 +26,34 @@ pub(crate) fn derive(input: &DeriveInput) -> TokenStream {
 }
 
 /// The path the generated code reaches idem-core by: `crate = "..."`, else
-/// `::idem` when the user's crate depends on the facade, else `::idem_core`.
+/// `::idem::__private_core` when the user's crate depends on the facade (a
+/// hidden re-export of the whole of idem-core, so nothing the facade adds
+/// can shadow a name the generated code uses), else `::idem_core`.
 pub(crate) fn crate_path(machine: &Machine<'_>) -> syn::Path {
     if let Some(path) = &machine.attrs.krate {
         return path.clone();
     }
     for (package, lib) in [("idem", "idem"), ("idem-core", "idem_core")] {
         match crate_name(package) {
-            Ok(FoundCrate::Name(name)) => {
-                let name = Ident::new(&name, Span::call_site());
-                return syn::parse_quote!(::#name);
-            }
+            Ok(FoundCrate::Name(name)) => return core_path(&name, package),
             // The package itself: its doctests, examples and benches reach
             // the library by its name. (Its own library code would have to
             // say `crate = "crate"`.)
-            Ok(FoundCrate::Itself) => {
-                let name = Ident::new(lib, Span::call_site());
-                return syn::parse_quote!(::#name);
-            }
+            Ok(FoundCrate::Itself) => return core_path(lib, package),
             Err(_) => {}
         }
     }
-    syn::parse_quote!(::idem)
+    syn::parse_quote!(::idem::__private_core)
+}
+
+/// `::name` for idem-core itself, `::name::__private_core` for the facade.
+fn core_path(name: &str, package: &str) -> syn::Path {
+    let name = Ident::new(name, Span::call_site());
+    if package == "idem" {
+        syn::parse_quote!(::#name::__private_core)
+    } else {
+        syn::parse_quote!(::#name)
+    }
 }
 
 fn expand(input: &DeriveInput, machine: &Machine<'_>, graph: &Graph<'_>) -> TokenStream {

@@ -67,7 +67,7 @@ use syn::{parse_macro_input, DeriveInput};
 /// | `history = "invoice_history"` | a table receiving one row per applied transition; needs `table` |
 /// | `assign(pay, paid_at = "CURRENT_TIMESTAMP", ...)` | extra `column = SQL expression` assignments made by the same `UPDATE` as transition `pay`; repeatable; needs `table` |
 /// | `rename_all = "snake_case"` | how variant names become stored values: one of serde's `"lowercase"`, `"UPPERCASE"`, `"PascalCase"`, `"camelCase"`, `"snake_case"` (the default), `"SCREAMING_SNAKE_CASE"`, `"kebab-case"`, `"SCREAMING-KEBAB-CASE"` |
-/// | `crate = "path"` | where the generated code finds idem-core's items (a path to `idem`, `idem_core` or a re-export of either); by default `::idem` when the crate depends on `idem`, else `::idem_core` |
+/// | `crate = "path"` | where the generated code finds idem-core's items (a path to `idem`, `idem_core` or a re-export of either); by default `::idem::__private_core` (idem-core as re-exported by the facade) when the crate depends on `idem`, else `::idem_core` |
 ///
 /// `table` and `history` are `[A-Za-z_][A-Za-z0-9_]*`, optionally
 /// schema-qualified (`billing.invoices`); `column`, `key` and `assign`
