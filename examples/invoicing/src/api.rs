@@ -3,6 +3,7 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{Request, State as AxumState};
@@ -43,6 +44,10 @@ pub const TRANSITION_OUTCOME: HeaderName = HeaderName::from_static("transition-o
 
 /// The header carrying an idempotency key.
 pub const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
+
+/// How long a request holds its idempotency key (handlers take
+/// milliseconds).
+pub const KEY_LEASE: Duration = Duration::from_secs(10);
 
 /// What every handler shares.
 #[derive(Clone)]
@@ -98,7 +103,11 @@ async fn optional_key(
 
 /// The service's routes.
 pub fn router(app: App) -> Router {
-    let keys = IdempotencyLayer::new(app.keys.clone(), scope);
+    // Every handler here is idempotent on its own (the state guard, the
+    // unique request key), so a lease taken over while the first run is
+    // still going cannot pay or create twice: a short lease only shortens
+    // how long retries wait after a run died before storing its response.
+    let keys = IdempotencyLayer::new(app.keys.clone(), scope).lease(KEY_LEASE);
     let optional = middleware::from_fn_with_state(keys.clone(), optional_key);
     Router::new()
         .route("/diagram", get(diagram))

@@ -80,6 +80,9 @@ struct Tally {
     statuses: BTreeMap<u16, u64>,
     /// 409 in-progress answers that were retried after `Retry-After`.
     in_progress_retries: u64,
+    /// 503 answers (the key store failed, the request did not run) that
+    /// were retried.
+    unavailable_retries: u64,
     /// Responses with `Idempotent-Replayed: true`.
     replayed: u64,
     /// Fresh (not replayed) responses whose `pay` moved the invoice.
@@ -90,8 +93,8 @@ struct Tally {
     processed: u64,
     /// Events the inbox recognised as duplicates.
     duplicate: u64,
-    /// Responses that are neither 200 nor a retried 409, and transport
-    /// errors.
+    /// Final answers other than 200 (after the retries of 409 in-progress
+    /// and 503), and transport errors.
     unexpected: u64,
 }
 
@@ -101,6 +104,7 @@ struct Attempt {
     requests: u64,
     status: Option<u16>,
     in_progress_retries: u64,
+    unavailable_retries: u64,
     replayed: bool,
     applied: bool,
     already_applied: bool,
@@ -136,7 +140,9 @@ struct Report {
     errors: Vec<String>,
 }
 
-const MAX_IN_PROGRESS_RETRIES: u64 = 100;
+/// How many times one attempt is retried after a 409 in-progress or a
+/// 503 before its answer counts as final.
+const MAX_RETRIES: u64 = 100;
 
 /// Runs the storm; the exit code is non-zero unless every invoice ends
 /// with exactly one payment.
@@ -321,6 +327,7 @@ impl Storm {
             tally.attempts += 1;
             tally.requests += attempt.requests;
             tally.in_progress_retries += attempt.in_progress_retries;
+            tally.unavailable_retries += attempt.unavailable_retries;
             if let Some(status) = attempt.status {
                 *tally.statuses.entry(status).or_default() += 1;
             }
@@ -376,18 +383,25 @@ impl Storm {
                 .get("retry-after")
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.parse::<u64>().ok());
-            if status == StatusCode::CONFLICT
-                && attempt.in_progress_retries < MAX_IN_PROGRESS_RETRIES
-            {
-                if let Some(seconds) = retry_after {
-                    // Another request holds the key: wait as told (the
-                    // header has whole seconds; the work takes
-                    // milliseconds, so poll sooner but no busier).
+            // A real client retries these two: 409 with Retry-After (another
+            // request holds the key) and 503 (the key store failed; the
+            // request did not run). Both are counted in the report.
+            let in_progress = status == StatusCode::CONFLICT && retry_after.is_some();
+            let unavailable = status == StatusCode::SERVICE_UNAVAILABLE;
+            let retries = attempt.in_progress_retries + attempt.unavailable_retries;
+            if (in_progress || unavailable) && retries < MAX_RETRIES {
+                if in_progress {
                     attempt.in_progress_retries += 1;
-                    tokio::time::sleep(Duration::from_millis((seconds * 1000).clamp(20, 200)))
-                        .await;
-                    continue;
+                } else {
+                    attempt.unavailable_retries += 1;
                 }
+                // Retry-After counts whole seconds (the lease), but the
+                // work takes milliseconds: back off from 5 ms, doubling,
+                // never past what the server asked.
+                let backoff = Duration::from_millis(5 << retries.min(8));
+                let cap = Duration::from_secs(retry_after.unwrap_or(1).max(1));
+                tokio::time::sleep(backoff.min(cap)).await;
+                continue;
             }
             attempt.status = Some(status.as_u16());
             attempt.replayed = response
@@ -507,12 +521,13 @@ impl fmt::Display for Report {
         )?;
         writeln!(
             f,
-            "  {:<9} {:>8} {:>8}  {:<22} {:>8} {:>8} {:>8} {:>9} {:>9}",
+            "  {:<9} {:>8} {:>8}  {:<14} {:>8} {:>9} {:>8} {:>8} {:>6} {:>9}",
             "kind",
             "attempts",
             "requests",
             "final statuses",
             "409-wait",
+            "503-retry",
             "replayed",
             "applied",
             "no-op",
@@ -526,12 +541,13 @@ impl fmt::Display for Report {
                 .collect();
             writeln!(
                 f,
-                "  {:<9} {:>8} {:>8}  {:<22} {:>8} {:>8} {:>8} {:>9} {:>9}",
+                "  {:<9} {:>8} {:>8}  {:<14} {:>8} {:>9} {:>8} {:>8} {:>6} {:>9}",
                 kind.to_string(),
                 tally.attempts,
                 tally.requests,
                 statuses.join(" "),
                 tally.in_progress_retries,
+                tally.unavailable_retries,
                 tally.replayed,
                 tally.applied,
                 tally.already_applied + tally.duplicate,
