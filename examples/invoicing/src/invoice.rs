@@ -129,7 +129,7 @@ pub struct HistoryEntry {
 
 /// A request field that is not acceptable, with what to send instead.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("`{field}` {problem}")]
+#[error("`{field}`: {problem}")]
 pub struct Invalid {
     /// The JSON field.
     pub field: &'static str,
@@ -173,9 +173,9 @@ impl NewInvoice {
             return Err(invalid(
                 "currency",
                 format!(
-                    "`{}` is not an accepted currency; use one of {}",
-                    self.currency,
-                    CURRENCIES.join(", ")
+                    "must be one of {}, got `{}`",
+                    CURRENCIES.join(", "),
+                    self.currency
                 ),
             ));
         }
