@@ -528,6 +528,18 @@ async fn a_restarted_server_keeps_its_data_and_installs_its_schema_again(db: Db)
     assert_eq!(replay.json["id"], id);
 }
 
+#[tokio::test]
+async fn the_server_stops_cleanly_on_sigterm_and_reads_database_url_from_the_environment() {
+    let db = Db::sqlite();
+    let server = Server::start(&db);
+    let api = Api::new(&server);
+    let id = api.create("before-sigterm", 10).await;
+    assert!(server.terminate(), "the server exits with success");
+    let server = Server::start_from_env(&db);
+    let api = Api::new(&server);
+    assert_eq!(api.get(&format!("/invoices/{id}")).await.status, 200);
+}
+
 #[test]
 fn the_sql_command_prints_the_diagram_and_the_sql_of_each_transition() {
     for (dialect, marker) in [("postgres", "$1"), ("mysql", "`invoices`"), ("sqlite", "?")] {

@@ -303,11 +303,24 @@ impl Server {
     /// Starts the binary on a free port against `db` and waits until it
     /// listens (it prints its address once the schema is installed).
     pub fn start(db: &Db) -> Server {
-        let mut child = Command::new(BIN)
-            .args(["--listen", "127.0.0.1:0", "--database-url", &db.url])
-            .args(["--max-connections", "8"])
+        let mut command = Command::new(BIN);
+        command
+            .args(["--database-url", &db.url])
+            .env_remove("DATABASE_URL");
+        Server::spawn(command)
+    }
+
+    /// Like [`Server::start`], with the database named by `DATABASE_URL`.
+    pub fn start_from_env(db: &Db) -> Server {
+        let mut command = Command::new(BIN);
+        command.env("DATABASE_URL", &db.url);
+        Server::spawn(command)
+    }
+
+    fn spawn(mut command: Command) -> Server {
+        let mut child = command
+            .args(["--listen", "127.0.0.1:0", "--max-connections", "8"])
             .env("RUST_LOG", "warn")
-            .env_remove("DATABASE_URL")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -325,6 +338,25 @@ impl Server {
             child,
             _stdout: stdout,
         }
+    }
+}
+
+impl Server {
+    /// Sends SIGTERM and waits (at most 30 s) for the process to exit;
+    /// returns whether it exited with success.
+    pub fn terminate(mut self) -> bool {
+        let signal = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(signal.success());
+        for _ in 0..300 {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.success();
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("the server did not exit within 30 s of SIGTERM");
     }
 }
 
