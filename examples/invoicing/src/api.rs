@@ -93,6 +93,9 @@ async fn optional_key(
     }
     let handler =
         next.map_request(|request: Request<Either<Full<Bytes>, Body>>| request.map(Body::new));
+    // Boxed as a `Send` future here, where its type is concrete: left to
+    // inference inside `from_fn`, rustc cannot prove it `Send` for every
+    // lifetime (a "higher-ranked lifetime error").
     let layered: BoxFuture<'static, Result<_, Infallible>> =
         Box::pin(keys.layer(handler).oneshot(request));
     match layered.await {
