@@ -35,7 +35,9 @@ pub(crate) fn args<'q, DB: Backend, K: Key<DB>>(
     Ok(args)
 }
 
-/// The arguments of a statement that binds only the key's text form.
+/// The arguments of a statement that binds only the key's text form
+/// (history rows on the backends that insert them separately).
+#[cfg(any(feature = "mysql", feature = "sqlite"))]
 pub(crate) fn text_args<'q, DB: Backend, K: Key<DB>>(
     key: &'q K,
 ) -> Result<DB::Arguments<'q>, sqlx::Error> {

@@ -60,6 +60,7 @@
 //! sends per backend is in [`TransitionExt`]'s documentation.
 
 mod backend;
+#[cfg(any(feature = "mysql", feature = "sqlite"))]
 mod batch;
 mod error;
 mod handler;
