@@ -501,8 +501,10 @@ async fn the_storm_pays_each_invoice_exactly_once(db: Db) {
 }
 
 async fn two_servers_on_one_database_still_pay_each_invoice_once(db: Db) {
-    let first = Server::start(&db);
-    let second = Server::start(&db);
+    // Started together on the fresh database: both install the schema at
+    // once.
+    let servers = Server::start_together(&db, 2);
+    let (first, second) = (&servers[0], &servers[1]);
     // Round-robin: every invoice's duplicates are split between the two.
     let (ok, report) = support::storm(&[&first.url, &second.url], 50, 8, 32).await;
     assert_one_payment_each(&db, ok, &report, 50).await;

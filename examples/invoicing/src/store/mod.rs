@@ -6,6 +6,7 @@
 mod payment;
 pub mod sql;
 
+use std::future::Future;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -353,24 +354,62 @@ pub async fn open(connect: &Connect) -> Result<Services, StoreError> {
             let pool = pool_options::<Sqlite>(connect)
                 .connect_with(options)
                 .await?;
-            SqlKeyStore::new(pool.clone()).install().await?;
-            Services::install(pool).await
+            let keys = SqlKeyStore::new(pool.clone());
+            install_retrying(|| async {
+                keys.install().await?;
+                Services::install(pool.clone()).await
+            })
+            .await
         }
         "postgres" | "postgresql" => {
             let options = PgConnectOptions::from_str(url)?;
             let pool = pool_options::<Postgres>(connect)
                 .connect_with(options)
                 .await?;
-            SqlKeyStore::new(pool.clone()).install().await?;
-            Services::install(pool).await
+            let keys = SqlKeyStore::new(pool.clone());
+            install_retrying(|| async {
+                keys.install().await?;
+                Services::install(pool.clone()).await
+            })
+            .await
         }
         "mysql" | "mariadb" => {
             let options = MySqlConnectOptions::from_str(&url.replacen("mariadb:", "mysql:", 1))?;
             let pool = pool_options::<MySql>(connect).connect_with(options).await?;
-            SqlKeyStore::new(pool.clone()).install().await?;
-            Services::install(pool).await
+            let keys = SqlKeyStore::new(pool.clone());
+            install_retrying(|| async {
+                keys.install().await?;
+                Services::install(pool.clone()).await
+            })
+            .await
         }
         _ => Err(StoreError::UnsupportedUrl(url.to_owned())),
+    }
+}
+
+/// How many times the schema installation runs before its error is final.
+const INSTALL_ATTEMPTS: u64 = 5;
+
+/// Runs the schema installation, and again when it fails: instances
+/// starting at the same moment on a fresh PostgreSQL database race on its
+/// catalog (`CREATE TABLE IF NOT EXISTS` is not atomic against a concurrent
+/// one: the loser fails on the unique index of `pg_type`), and the loser's
+/// next attempt finds the tables there.
+async fn install_retrying<F, Fut>(mut install: F) -> Result<Services, StoreError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<Services, StoreError>>,
+{
+    let mut attempt = 1;
+    loop {
+        match install().await {
+            Err(error) if attempt < INSTALL_ATTEMPTS => {
+                tracing::warn!(%error, attempt, "installing the schema failed; trying again");
+                tokio::time::sleep(Duration::from_millis(100 * attempt)).await;
+                attempt += 1;
+            }
+            result => return result,
+        }
     }
 }
 

@@ -317,8 +317,27 @@ impl Server {
         Server::spawn(command)
     }
 
-    fn spawn(mut command: Command) -> Server {
-        let mut child = command
+    fn spawn(command: Command) -> Server {
+        Server::launch(command).ready()
+    }
+
+    /// Starts `n` servers on `db` at the same moment (they install the
+    /// schema concurrently) and waits until all listen.
+    pub fn start_together(db: &Db, n: usize) -> Vec<Server> {
+        let launched: Vec<Launched> = (0..n)
+            .map(|_| {
+                let mut command = Command::new(BIN);
+                command
+                    .args(["--database-url", &db.url])
+                    .env_remove("DATABASE_URL");
+                Server::launch(command)
+            })
+            .collect();
+        launched.into_iter().map(Launched::ready).collect()
+    }
+
+    fn launch(mut command: Command) -> Launched {
+        let child = command
             .args(["--listen", "127.0.0.1:0", "--max-connections", "8"])
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
@@ -326,17 +345,44 @@ impl Server {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("start the invoicing binary");
+        Launched { child: Some(child) }
+    }
+}
+
+/// A server process that may not listen yet; killed if dropped before.
+struct Launched {
+    child: Option<Child>,
+}
+
+impl Launched {
+    /// Waits for the line the server prints once it listens (after the
+    /// schema is installed).
+    fn ready(mut self) -> Server {
+        let mut child = self.child.take().unwrap();
         let mut stdout = BufReader::new(child.stdout.take().unwrap());
         let mut line = String::new();
-        stdout.read_line(&mut line).unwrap();
-        let Some(url) = line.trim().strip_prefix("invoicing listening on ") else {
-            let _ = child.kill();
-            panic!("the server did not start (it printed {line:?}; its log is above)");
+        let read = stdout.read_line(&mut line);
+        let url = match line.trim().strip_prefix("invoicing listening on ") {
+            Some(url) if read.is_ok() => url.to_owned(),
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("the server did not start (it printed {line:?}; its log is above)");
+            }
         };
         Server {
-            url: url.to_owned(),
+            url,
             child,
             _stdout: stdout,
+        }
+    }
+}
+
+impl Drop for Launched {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.child {
+            let _ = child.kill();
+            let _ = child.wait();
         }
     }
 }
