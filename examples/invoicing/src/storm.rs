@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use clap::Args;
@@ -156,7 +157,7 @@ pub async fn run(args: StormArgs) -> Result<ExitCode, AnyError> {
     let ids = storm.create_invoices(&args).await?;
     storm.issue_invoices(&ids, args.concurrency).await?;
     let setup_seconds = started.elapsed().as_secs_f64();
-    let setup_requests = 2 * ids.len() as u64;
+    let setup_requests = storm.retries.requests(2 * ids.len() as u64);
 
     let pay_started = Instant::now();
     let kinds = storm.pay_all(&ids, &args).await;
@@ -232,6 +233,8 @@ struct Storm {
     /// Unique to this run, so keys and event ids never meet a previous
     /// run's on the same database.
     run: String,
+    /// The retries of the setup requests.
+    retries: Retries,
 }
 
 impl Storm {
@@ -252,6 +255,7 @@ impl Storm {
                 .map(|u| u.trim_end_matches('/').to_owned())
                 .collect(),
             run: format!("storm-{}-{nanos:x}", std::process::id()),
+            retries: Retries::default(),
         })
     }
 
@@ -269,16 +273,16 @@ impl Storm {
     async fn create_invoices(&self, args: &StormArgs) -> Result<Vec<Invoice>, AnyError> {
         let created: Vec<Result<Invoice, AnyError>> = stream::iter(0..args.invoices)
             .map(|i| async move {
-                let response = self
-                    .post(i, "/invoices")
-                    .header("idempotency-key", format!("create-{i}"))
-                    .json(&json!({
-                        "customer": format!("Customer {i}"),
-                        "amount_cents": 1000 + i as i64,
-                        "currency": "EUR",
-                    }))
-                    .send()
-                    .await?;
+                let create = || {
+                    self.post(i, "/invoices")
+                        .header("idempotency-key", format!("create-{i}"))
+                        .json(&json!({
+                            "customer": format!("Customer {i}"),
+                            "amount_cents": 1000 + i as i64,
+                            "currency": "EUR",
+                        }))
+                };
+                let response = send(create, &self.retries).await?;
                 let invoice: Invoice = expect(response, StatusCode::CREATED).await?.json().await?;
                 Ok(invoice)
             })
@@ -295,10 +299,8 @@ impl Storm {
     ) -> Result<(), AnyError> {
         let issued: Vec<Result<(), AnyError>> = stream::iter(invoices.iter().enumerate())
             .map(|(n, invoice)| async move {
-                let response = self
-                    .post(n, &format!("/invoices/{}/issue", invoice.id))
-                    .send()
-                    .await?;
+                let issue = || self.post(n, &format!("/invoices/{}/issue", invoice.id));
+                let response = send(issue, &self.retries).await?;
                 expect(response, StatusCode::OK).await?;
                 Ok(())
             })
@@ -368,79 +370,56 @@ impl Storm {
 
     async fn pay_once(&self, n: usize, invoice: &Invoice, j: usize, kind: Kind) -> Attempt {
         let mut attempt = Attempt::default();
-        loop {
-            attempt.requests += 1;
-            let response = match self.pay_request(n, invoice, j, kind).send().await {
-                Ok(response) => response,
-                Err(error) => {
-                    attempt.error = Some(error.to_string());
-                    return attempt;
-                }
-            };
-            let status = response.status();
-            let retry_after = response
-                .headers()
-                .get("retry-after")
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse::<u64>().ok());
-            // A real client retries these two: 409 with Retry-After (another
-            // request holds the key) and 503 (the key store failed; the
-            // request did not run). Both are counted in the report.
-            let in_progress = status == StatusCode::CONFLICT && retry_after.is_some();
-            let unavailable = status == StatusCode::SERVICE_UNAVAILABLE;
-            let retries = attempt.in_progress_retries + attempt.unavailable_retries;
-            if (in_progress || unavailable) && retries < MAX_RETRIES {
-                if in_progress {
-                    attempt.in_progress_retries += 1;
-                } else {
-                    attempt.unavailable_retries += 1;
-                }
-                // Retry-After counts whole seconds (the lease), but the
-                // work takes milliseconds: back off from 5 ms, doubling,
-                // never past what the server asked.
-                let backoff = Duration::from_millis(5 << retries.min(8));
-                let cap = Duration::from_secs(retry_after.unwrap_or(1).max(1));
-                tokio::time::sleep(backoff.min(cap)).await;
-                continue;
+        let retries = Retries::default();
+        let sent = send(|| self.pay_request(n, invoice, j, kind), &retries).await;
+        attempt.in_progress_retries = retries.in_progress.load(Ordering::Relaxed);
+        attempt.unavailable_retries = retries.unavailable.load(Ordering::Relaxed);
+        attempt.requests = retries.requests(1);
+        let response = match sent {
+            Ok(response) => response,
+            Err(error) => {
+                attempt.error = Some(error.to_string());
+                return attempt;
             }
-            attempt.status = Some(status.as_u16());
-            attempt.replayed = response
-                .headers()
-                .get("idempotent-replayed")
-                .is_some_and(|v| v == "true");
-            let outcome = response
-                .headers()
-                .get("transition-outcome")
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned);
-            let body: Value = match response.json().await {
-                Ok(body) => body,
-                Err(error) => {
-                    attempt.error = Some(error.to_string());
-                    return attempt;
-                }
-            };
-            let outcome = match kind {
-                Kind::Event => body
-                    .get("transition")
-                    .and_then(Value::as_str)
-                    .map(str::to_owned),
-                _ => outcome,
-            };
-            if !attempt.replayed {
-                attempt.applied = outcome.as_deref() == Some("applied");
-                attempt.already_applied = outcome.as_deref() == Some("already_applied");
+        };
+        let status = response.status();
+        attempt.status = Some(status.as_u16());
+        attempt.replayed = response
+            .headers()
+            .get("idempotent-replayed")
+            .is_some_and(|v| v == "true");
+        let outcome = response
+            .headers()
+            .get("transition-outcome")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let body: Value = match response.json().await {
+            Ok(body) => body,
+            Err(error) => {
+                attempt.error = Some(error.to_string());
+                return attempt;
             }
-            match body.get("outcome").and_then(Value::as_str) {
-                Some("processed") => attempt.processed = true,
-                Some("duplicate") => attempt.duplicate = true,
-                _ => {}
-            }
-            if status != StatusCode::OK {
-                attempt.error = Some(format!("{status}: {body}"));
-            }
-            return attempt;
+        };
+        let outcome = match kind {
+            Kind::Event => body
+                .get("transition")
+                .and_then(Value::as_str)
+                .map(str::to_owned),
+            _ => outcome,
+        };
+        if !attempt.replayed {
+            attempt.applied = outcome.as_deref() == Some("applied");
+            attempt.already_applied = outcome.as_deref() == Some("already_applied");
         }
+        match body.get("outcome").and_then(Value::as_str) {
+            Some("processed") => attempt.processed = true,
+            Some("duplicate") => attempt.duplicate = true,
+            _ => {}
+        }
+        if status != StatusCode::OK {
+            attempt.error = Some(format!("{status}: {body}"));
+        }
+        attempt
     }
 
     /// Reads every invoice and its payments back.
@@ -485,6 +464,59 @@ impl Storm {
             not_paid += usize::from(!paid);
         }
         Ok((per_invoice, not_paid, 2 * invoices.len() as u64))
+    }
+}
+
+/// The retries [`send`] made.
+#[derive(Debug, Default)]
+struct Retries {
+    /// After a 409 with `Retry-After`: another request held the key.
+    in_progress: AtomicU64,
+    /// After a 503: the key store failed and the request did not run.
+    unavailable: AtomicU64,
+}
+
+impl Retries {
+    /// The requests sent for `first` requests with these retries.
+    fn requests(&self, first: u64) -> u64 {
+        first + self.in_progress.load(Ordering::Relaxed) + self.unavailable.load(Ordering::Relaxed)
+    }
+}
+
+/// Sends the request `build` makes, and sends it again — as a real client
+/// does — after a 409 with `Retry-After` (another request holds the key)
+/// or a 503 (the key store failed; the request did not run), up to
+/// [`MAX_RETRIES`] times. Other answers are returned as they are.
+async fn send(
+    build: impl Fn() -> RequestBuilder,
+    retries: &Retries,
+) -> Result<Response, reqwest::Error> {
+    let mut count = 0u64;
+    loop {
+        let response = build().send().await?;
+        let status = response.status();
+        let retry_after = response
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        let in_progress = status == StatusCode::CONFLICT && retry_after.is_some();
+        let unavailable = status == StatusCode::SERVICE_UNAVAILABLE;
+        if !(in_progress || unavailable) || count >= MAX_RETRIES {
+            return Ok(response);
+        }
+        if in_progress {
+            retries.in_progress.fetch_add(1, Ordering::Relaxed);
+        } else {
+            retries.unavailable.fetch_add(1, Ordering::Relaxed);
+        }
+        // Retry-After counts whole seconds (the lease), but the work takes
+        // milliseconds: back off from 5 ms, doubling, never past what the
+        // server asked.
+        let backoff = Duration::from_millis(5 << count.min(8));
+        let cap = Duration::from_secs(retry_after.unwrap_or(1).max(1));
+        tokio::time::sleep(backoff.min(cap)).await;
+        count += 1;
     }
 }
 
