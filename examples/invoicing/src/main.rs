@@ -19,11 +19,15 @@ mod storm;
 use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
-use crate::store::Connect;
+use idem::keys::{KeyStore, DEFAULT_RETENTION};
+
+use crate::store::{Connect, Keys, Repository};
 
 /// An invoicing service that takes each payment once.
 #[derive(Debug, Parser)]
@@ -58,6 +62,10 @@ struct ServeArgs {
     /// Connections in the database pool.
     #[arg(long, default_value_t = 16)]
     max_connections: u32,
+    /// Seconds between two purges of expired idempotency keys and inbox
+    /// markers.
+    #[arg(long, default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..))]
+    purge_every_secs: u64,
 }
 
 fn main() -> ExitCode {
@@ -108,6 +116,12 @@ async fn serve(args: ServeArgs) -> Result<ExitCode, AnyError> {
         .await
         .map_err(|e| format!("cannot open the database `{}`: {e}", connect.url))?;
     let backend = services.repo.backend();
+    purge(services.repo.as_ref(), &services.keys).await;
+    let purger = tokio::spawn(purge_every(
+        Duration::from_secs(args.purge_every_secs),
+        services.repo.clone(),
+        services.keys.clone(),
+    ));
     let app = api::App {
         repo: services.repo,
         keys: services.keys,
@@ -121,8 +135,32 @@ async fn serve(args: ServeArgs) -> Result<ExitCode, AnyError> {
     axum::serve(listener, api::router(app))
         .with_graceful_shutdown(shutdown())
         .await?;
+    purger.abort();
     tracing::info!("shut down");
     Ok(ExitCode::SUCCESS)
+}
+
+/// Deletes idempotency-key records older than their retention and inbox
+/// markers older than their window (both 24 h). Safe with several
+/// instances on one database: each old row is deleted by one of them.
+async fn purge(repo: &dyn Repository, keys: &Keys) {
+    match keys.purge(DEFAULT_RETENTION).await {
+        Ok(purged) => tracing::info!(purged, "purged expired idempotency keys"),
+        Err(error) => tracing::warn!(%error, "purging idempotency keys failed"),
+    }
+    match repo.purge_inbox().await {
+        Ok(purged) => tracing::info!(purged, "purged expired inbox markers"),
+        Err(error) => tracing::warn!(%error, "purging inbox markers failed"),
+    }
+}
+
+/// [`purge`] every `period`, from one period from now.
+async fn purge_every(period: Duration, repo: Arc<dyn Repository>, keys: Keys) {
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    loop {
+        ticks.tick().await;
+        purge(repo.as_ref(), &keys).await;
+    }
 }
 
 /// Resolves on Ctrl-C or SIGTERM: in-flight requests finish, new

@@ -54,6 +54,7 @@ on_every_backend!(
     the_storm_pays_each_invoice_exactly_once,
     two_servers_on_one_database_still_pay_each_invoice_once,
     a_restarted_server_keeps_its_data_and_installs_its_schema_again,
+    an_event_redelivered_after_its_marker_expired_still_pays_once,
 );
 
 fn invoice_body(amount_cents: i64) -> Value {
@@ -528,6 +529,37 @@ async fn a_restarted_server_keeps_its_data_and_installs_its_schema_again(db: Db)
         .await;
     assert!(replay.replayed(), "keys survive a restart: {}", replay.text);
     assert_eq!(replay.json["id"], id);
+}
+
+async fn an_event_redelivered_after_its_marker_expired_still_pays_once(db: Db) {
+    let id = {
+        let server = Server::start(&db);
+        let api = Api::new(&server);
+        let id = api.create("late-redelivery", 250).await;
+        assert_eq!(api.transition(id, "issue").await.status, 200);
+        let first = api.post("/events", None, &event("evt-late", id, 250)).await;
+        assert_eq!(first.json["transition"], "applied", "{}", first.text);
+        id
+    };
+    // A day later: the marker is past the inbox's window.
+    db.execute("UPDATE idem_inbox SET processed_at = '2000-01-01 00:00:00'")
+        .await;
+    // A server purges expired markers when it starts (and every hour).
+    let server = Server::start(&db);
+    let api = Api::new(&server);
+    assert_eq!(
+        db.count("idem_inbox").await,
+        0,
+        "the expired marker is purged"
+    );
+    let late = api.post("/events", None, &event("evt-late", id, 250)).await;
+    assert_eq!(late.status, 200, "{}", late.text);
+    assert_eq!(late.json["outcome"], "processed", "the inbox forgot it");
+    assert_eq!(
+        late.json["transition"], "already_applied",
+        "the state did not"
+    );
+    assert_eq!(db.payments_per_invoice().await, BTreeMap::from([(id, 1)]));
 }
 
 #[tokio::test]

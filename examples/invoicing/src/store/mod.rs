@@ -101,6 +101,10 @@ pub trait Repository: Send + Sync {
         pay: &PayFromEvent,
     ) -> Result<Delivery<Outcome<InvoiceStatus>>, EventError>;
 
+    /// Deletes the `payments` consumer's inbox markers older than its
+    /// window (24 h); returns how many.
+    async fn purge_inbox(&self) -> Result<u64, StoreError>;
+
     /// An invoice's payments, oldest first.
     async fn payments(&self, id: i64) -> Result<Vec<Payment>, StoreError>;
 
@@ -262,6 +266,10 @@ where
                 HandlerError::Handler(e) => e,
                 HandlerError::Idem(e) => EventError::Idem(e),
             })
+    }
+
+    async fn purge_inbox(&self) -> Result<u64, StoreError> {
+        Ok(self.inbox.purge().await?)
     }
 
     async fn payments(&self, id: i64) -> Result<Vec<Payment>, StoreError> {
