@@ -427,6 +427,18 @@ async fn bad_input_is_a_problem_and_writes_nothing(db: Db) {
     .await
     .assert_problem(415, "application/json");
 
+    let long_key = "k".repeat(256);
+    api.post("/invoices", Some(&long_key), &invoice_body(10))
+        .await
+        .assert_problem(400, "255");
+    api.post(
+        "/invoices/1/pay",
+        Some(&long_key),
+        &json!({"amount_cents": 10}),
+    )
+    .await
+    .assert_problem(400, "255");
+
     for path in [
         "/invoices/abc",
         "/invoices/1.5",
