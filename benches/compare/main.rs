@@ -17,8 +17,8 @@
 //!   (default all);
 //! - `IDEM_BENCH_BACKENDS`: subset of `sqlite,postgres,mysql` (default all
 //!   whose URL is set);
-//! - `IDEM_BENCH_SECONDS`: time budget of one side in one round (0.3);
-//! - `IDEM_BENCH_ROUNDS`: timed rounds per scenario (5).
+//! - `IDEM_BENCH_SECONDS`: time budget of one side in one round (0.15);
+//! - `IDEM_BENCH_ROUNDS`: timed rounds per scenario (10).
 //!
 //! Without `--bench` (as `cargo test --benches` runs it) it makes one quick
 //! pass over every scenario on SQLite and in process with tiny sizes: a
@@ -98,8 +98,8 @@ fn plan(measure: bool) -> Plan {
     }
     Plan {
         timing: Timing {
-            budget: Duration::from_secs_f64(parse_env("IDEM_BENCH_SECONDS", 0.3)),
-            rounds: parse_env("IDEM_BENCH_ROUNDS", 5),
+            budget: Duration::from_secs_f64(parse_env("IDEM_BENCH_SECONDS", 0.15)),
+            rounds: parse_env("IDEM_BENCH_ROUNDS", 10),
             counted_ops: 50,
             warm_up: true,
         },

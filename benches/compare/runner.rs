@@ -67,6 +67,8 @@ pub struct Stats {
     pub latencies: Vec<u64>,
     /// Statements per operation, when counted.
     pub statements: Option<f64>,
+    /// Operations per second of each timed round, in order.
+    pub round_rates: Vec<f64>,
 }
 
 impl Stats {
@@ -90,6 +92,8 @@ impl Stats {
     }
 
     fn absorb(&mut self, run: Run) {
+        self.round_rates
+            .push(run.latencies.len() as f64 / run.elapsed.as_secs_f64().max(1e-9));
         self.ops += run.latencies.len();
         self.elapsed += run.elapsed;
         self.latencies.extend(run.latencies);
