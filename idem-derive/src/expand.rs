@@ -186,11 +186,17 @@ fn transition(machine: &Machine<'_>, table: Option<&Binding>, edge: &Edge<'_>) -
     let target = machine.states[edge.target].ident;
     let sql = match table {
         Some(binding) => {
+            let state_values = machine
+                .states
+                .iter()
+                .map(|s| s.value.clone())
+                .collect::<Vec<_>>();
             let table = TableSpec {
                 name: &binding.name,
                 column: &binding.column,
                 key: &binding.key,
                 history: binding.history.as_deref(),
+                states: &state_values,
             };
             let source_values = edge
                 .sources

@@ -17,6 +17,8 @@ pub(crate) struct TableSpec<'a> {
     pub column: &'a str,
     pub key: &'a str,
     pub history: Option<&'a str>,
+    /// The stored value of every state, in declaration order.
+    pub states: &'a [String],
 }
 
 /// One transition, with states as their stored values.
@@ -81,6 +83,8 @@ struct Parts {
     target: String,
     name: String,
     history: Option<String>,
+    /// Every known state: `'draft', 'issued', ...`
+    states: String,
 }
 
 impl Parts {
@@ -106,6 +110,12 @@ impl Parts {
             target,
             name: literal(t.name),
             history: table.history.map(|h| d.quote_ident(h)),
+            states: table
+                .states
+                .iter()
+                .map(|s| literal(s))
+                .collect::<Vec<_>>()
+                .join(", "),
         }
     }
 
@@ -163,7 +173,10 @@ impl Parts {
 
     /// PostgreSQL: the batch. `u` numbers the keys; the update compares and
     /// sets the state each row had in the statement's snapshot; a key given
-    /// twice is applied for its first occurrence only.
+    /// twice is applied for its first occurrence only. A row holding a value
+    /// that is no state stops the whole update: the batch fails with
+    /// `UnknownState` and, being one autocommitted statement, must not have
+    /// moved the other rows.
     fn postgres_many(&self) -> String {
         let Parts {
             tbl,
@@ -171,13 +184,16 @@ impl Parts {
             key,
             set,
             sources,
+            states,
             ..
         } = self;
         let mut sql = format!(
             "WITH u AS (SELECT k, ord FROM unnest($1) WITH ORDINALITY AS x(k, ord)), \
              prev AS (SELECT {key} AS k, {col} AS s FROM {tbl} WHERE {key} = ANY($1)), \
              upd AS (UPDATE {tbl} SET {set} FROM prev WHERE {tbl}.{key} = prev.k \
-             AND {tbl}.{col} = prev.s AND prev.s IN ({sources}) RETURNING prev.k, prev.s)"
+             AND {tbl}.{col} = prev.s AND prev.s IN ({sources}) \
+             AND NOT EXISTS (SELECT 1 FROM prev AS p WHERE CAST(p.s AS TEXT) NOT IN ({states})) \
+             RETURNING prev.k, prev.s)"
         );
         if let Some(history) = &self.history {
             sql.push_str(&format!(
@@ -380,6 +396,7 @@ mod tests {
             column: "status",
             key: "id",
             history,
+            states: &[],
         }
     }
 
@@ -465,6 +482,7 @@ mod tests {
             column: "status",
             key: "id",
             history: None,
+            states: &[],
         };
         let t = TransitionSpec {
             name: "pay",

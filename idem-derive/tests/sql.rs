@@ -52,7 +52,9 @@ fn postgres_reports_before_and_applied_and_writes_history_in_one_statement() {
           prev AS (SELECT \"id\" AS k, \"status\" AS s FROM \"billing\".\"invoices\" WHERE \"id\" = ANY($1)), \
           upd AS (UPDATE \"billing\".\"invoices\" SET \"status\" = 'paid', \"paid_at\" = CURRENT_TIMESTAMP \
           FROM prev WHERE \"billing\".\"invoices\".\"id\" = prev.k AND \"billing\".\"invoices\".\"status\" = prev.s \
-          AND prev.s IN ('issued') RETURNING prev.k, prev.s), \
+          AND prev.s IN ('issued') \
+          AND NOT EXISTS (SELECT 1 FROM prev AS p WHERE CAST(p.s AS TEXT) NOT IN ('draft', 'issued', 'paid', 'void', 'archived')) \
+          RETURNING prev.k, prev.s), \
           hist AS (INSERT INTO \"invoice_history\" (\"entity_key\", \"transition\", \"from_state\", \"to_state\") \
           SELECT CAST(k AS TEXT), 'pay', CAST(s AS TEXT), 'paid' FROM upd) \
           SELECT u.ord, CAST(prev.s AS TEXT) AS before, (EXISTS (SELECT 1 FROM upd WHERE upd.k = u.k) \

@@ -114,8 +114,15 @@ async fn apply_many<S: State, K: Key<Postgres>>(
         .fetch_all(&mut *conn)
         .await
         .map_err(db_error::<Postgres>)?;
+    // Every stored value is parsed before any key is applied again on its
+    // own: a value that is no state fails the batch with nothing moved (the
+    // statement's update skips the whole batch in that case).
+    let rows = rows
+        .into_iter()
+        .map(|(_, before, applied)| Ok((parse::<S>(before)?, applied)))
+        .collect::<Result<Vec<_>, Error>>()?;
     let mut outcomes: Vec<Outcome<S>> = Vec::with_capacity(keys.len());
-    for (i, ((_, before, applied), key)) in rows.into_iter().zip(keys).enumerate() {
+    for (i, ((before, applied), key)) in rows.into_iter().zip(keys).enumerate() {
         // A key given twice was applied (or settled) at its first position.
         if let Some(first) = keys[..i].iter().position(|k| k == key) {
             let outcome = match outcomes[first] {
@@ -125,7 +132,6 @@ async fn apply_many<S: State, K: Key<Postgres>>(
             outcomes.push(outcome);
             continue;
         }
-        let before = parse::<S>(before)?;
         let outcome = match (before, applied) {
             (Some(from), true) => transition.applied_from(from),
             _ => match transition.settled(before) {
