@@ -13,7 +13,8 @@ use pin_project_lite::pin_project;
 
 /// The body of the service's responses: stored, replayed and problem
 /// responses are `Left`, responses streamed from the inner service as they
-/// are (other methods, results that are not stored) are `Right`.
+/// are (other methods, requests without an optional key, results that are
+/// not stored) are `Right`.
 pub type ResponseBody<B> = Either<Full<Bytes>, B>;
 
 pin_project! {
@@ -27,7 +28,8 @@ pin_project! {
 pin_project! {
     #[project = KindProj]
     enum Kind<F, B, E> {
-        // A method the layer does not cover: the inner future, untouched.
+        // A method the layer does not cover, or a request without the
+        // optional key: the inner future, untouched.
         Passthrough { #[pin] future: F },
         // The whole claim, call, store sequence.
         Idempotent { future: BoxFuture<'static, Result<Response<ResponseBody<B>>, E>> },

@@ -15,12 +15,14 @@ use crate::Idempotency;
 pub(crate) type ScopeFn = Arc<dyn Fn(&Parts) -> Option<Scope> + Send + Sync>;
 
 /// Applies [`Idempotency`] to a service: requests with the covered methods
-/// must carry an `Idempotency-Key` header; the first request with a key
-/// runs and its response is stored, retries get that response back.
+/// must carry an `Idempotency-Key` header (unless
+/// [`require_key(false)`](Self::require_key)); the first request with a
+/// key runs and its response is stored, retries get that response back.
 ///
-/// Defaults: header `Idempotency-Key`, methods POST and PATCH, body limit
-/// 2 MiB, lease 60 s, [`ResponsePolicy::default`] (5xx, 408 and 429 are not
-/// stored and release the key).
+/// Defaults: header `Idempotency-Key`, required on methods POST and PATCH,
+/// body limit 2 MiB, lease 60 s, [`ResponsePolicy::default`] (5xx, 408 and
+/// 429 are not stored and release the key). With
+/// [`require_key(false)`](Self::require_key) the key is optional.
 ///
 /// The scope function is required: it names the client (tenant, API key)
 /// of a request so that two clients never see each other's responses.
@@ -37,6 +39,7 @@ pub(crate) struct Config<K> {
     pub(crate) body_limit: usize,
     pub(crate) lease: Duration,
     pub(crate) policy: ResponsePolicy,
+    pub(crate) require_key: bool,
 }
 
 impl<K> Clone for Config<K> {
@@ -50,6 +53,7 @@ impl<K> Clone for Config<K> {
             body_limit: self.body_limit,
             lease: self.lease,
             policy: self.policy,
+            require_key: self.require_key,
         }
     }
 }
@@ -69,6 +73,7 @@ impl<K> fmt::Debug for IdempotencyLayer<K> {
             .field("methods", &self.config.methods)
             .field("body_limit", &self.config.body_limit)
             .field("lease", &self.config.lease)
+            .field("require_key", &self.config.require_key)
             .finish_non_exhaustive()
     }
 }
@@ -90,6 +95,7 @@ impl<K: KeyStore> IdempotencyLayer<K> {
                 body_limit: 2 * 1024 * 1024,
                 lease: DEFAULT_LEASE,
                 policy: ResponsePolicy::default(),
+                require_key: true,
             },
         }
     }
@@ -121,6 +127,59 @@ impl<K: KeyStore> IdempotencyLayer<K> {
     /// is uncertain.
     pub fn lease(mut self, lease: Duration) -> Self {
         self.config.lease = lease;
+        self
+    }
+
+    /// Whether requests with a covered method must carry the key (default
+    /// `true`: a request without it is 400).
+    ///
+    /// With `false`, a request **without** the header goes straight to the
+    /// inner service, as if the layer were not there: no claim, no
+    /// fingerprint, its body streamed untouched. A request **with** the
+    /// header gets the whole protocol (replay, 409, 422, 413), and a
+    /// malformed or repeated header is still 400. For endpoints that are
+    /// idempotent on their own (a guarded state transition) where a key
+    /// only adds replays of the exact response.
+    ///
+    /// ```
+    /// use axum::{body::Body, routing::post, Router};
+    /// use http::{Request, StatusCode};
+    /// use idem_core::keys::{MemoryStore, Scope};
+    /// use idem_http::IdempotencyLayer;
+    /// use tower::ServiceExt;
+    ///
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// let layer = IdempotencyLayer::new(MemoryStore::default(), |_| Scope::new("acme", "api").ok())
+    ///     .require_key(false);
+    /// let app = Router::new()
+    ///     .route("/invoices/{id}/pay", post(|| async { "paid" }))
+    ///     .layer(layer);
+    ///
+    /// let without_key = Request::post("/invoices/7/pay").body(Body::empty()).unwrap();
+    /// let response = app.clone().oneshot(without_key).await.unwrap();
+    /// assert_eq!(response.status(), StatusCode::OK);
+    ///
+    /// let with_key = || {
+    ///     Request::post("/invoices/7/pay")
+    ///         .header("idempotency-key", "pay-7")
+    ///         .body(Body::empty())
+    ///         .unwrap()
+    /// };
+    /// let _ = app.clone().oneshot(with_key()).await.unwrap();
+    /// let retry = app.clone().oneshot(with_key()).await.unwrap();
+    /// assert_eq!(retry.headers()["idempotent-replayed"], "true");
+    ///
+    /// let repeated = Request::post("/invoices/7/pay")
+    ///     .header("idempotency-key", "a")
+    ///     .header("idempotency-key", "b")
+    ///     .body(Body::empty())
+    ///     .unwrap();
+    /// let response = app.clone().oneshot(repeated).await.unwrap();
+    /// assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    /// # });
+    /// ```
+    pub fn require_key(mut self, required: bool) -> Self {
+        self.config.require_key = required;
         self
     }
 

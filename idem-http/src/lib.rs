@@ -48,7 +48,7 @@
 //! | Status | When |
 //! |---|---|
 //! | the stored one, with `Idempotent-Replayed: true` | a retry of a completed request (same key, same request) |
-//! | 400 | the key is missing, empty, longer than 255 bytes, not visible ASCII, or the header repeats; or the scope function found no client |
+//! | 400 | the key is missing (unless [`IdempotencyLayer::require_key`] made it optional), empty, longer than 255 bytes, not visible ASCII, or the header repeats; or the scope function found no client |
 //! | 409 + `Retry-After` | a request with the key is still running |
 //! | 413 | the body is larger than the limit |
 //! | 422 | the key was used with another request (method, path, query or body) |

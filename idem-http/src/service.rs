@@ -100,7 +100,10 @@ where
     }
 
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
-        if !self.config.methods.contains(request.method()) {
+        let covered = self.config.methods.contains(request.method());
+        let keyless =
+            !self.config.require_key && !request.headers().contains_key(&self.config.header);
+        if !covered || keyless {
             return ResponseFuture::passthrough(self.inner.call(request.map(Either::Right)));
         }
         // The service made ready by `poll_ready` serves this request; the

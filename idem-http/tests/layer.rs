@@ -568,3 +568,99 @@ async fn a_run_that_outlives_its_lease_is_taken_over_and_its_late_response_is_no
     assert_eq!(replay.2, "slow run 2");
     assert_eq!(state.runs.load(Ordering::SeqCst), 2);
 }
+
+/// The default app's routes behind a layer whose key is optional.
+fn optional_key_app(state: AppState) -> Router {
+    let layer = IdempotencyLayer::new(MemoryStore::default(), client_scope)
+        .body_limit(1024)
+        .require_key(false);
+    Router::new()
+        .route("/payments", post(pay))
+        .route(
+            "/claimed",
+            post(|claimed: Option<Extension<ClaimedKey>>| async move {
+                claimed.map_or("none".to_owned(), |Extension(c)| c.key.to_string())
+            }),
+        )
+        .layer(layer)
+        .with_state(state)
+}
+
+#[tokio::test]
+async fn with_an_optional_key_a_request_without_it_runs_every_time_untouched() {
+    let state = AppState::default();
+    let app = optional_key_app(state.clone());
+    // No client id (the scope function would refuse it) and a body over
+    // the limit (a buffered body would be 413): neither is looked at.
+    let keyless = || {
+        Request::post("/payments")
+            .header("content-type", "application/json")
+            .body(Body::from("x".repeat(4096)))
+            .unwrap()
+    };
+    for run in 1..=3 {
+        let (status, headers, body) = send(&app, keyless()).await;
+        assert_eq!(status, StatusCode::CREATED);
+        assert!(!headers.contains_key("idempotent-replayed"));
+        assert_eq!(body, format!(r#"{{"run":{run},"bytes":4096}}"#));
+    }
+    assert_eq!(state.runs.load(Ordering::SeqCst), 3);
+    let no_claim = Request::post("/claimed").body(Body::empty()).unwrap();
+    assert_eq!(send(&app, no_claim).await.2, "none");
+}
+
+#[tokio::test]
+async fn with_an_optional_key_a_request_with_it_gets_the_whole_protocol() {
+    let state = AppState::default();
+    let app = optional_key_app(state.clone());
+    let first = send(&app, post_json("/payments", "k-opt", r#"{"amount":1}"#)).await;
+    assert_eq!(first.0, StatusCode::CREATED);
+    let retry = send(&app, post_json("/payments", "k-opt", r#"{"amount":1}"#)).await;
+    assert_eq!(retry.1["idempotent-replayed"], "true");
+    assert_eq!(retry.2, first.2);
+    let (status, headers, body) =
+        send(&app, post_json("/payments", "k-opt", r#"{"amount":2}"#)).await;
+    expect_problem(status, &headers, &body, StatusCode::UNPROCESSABLE_ENTITY);
+    let (status, headers, body) =
+        send(&app, post_json("/payments", "k-big", &"x".repeat(1025))).await;
+    expect_problem(status, &headers, &body, StatusCode::PAYLOAD_TOO_LARGE);
+    let anonymous = Request::post("/payments")
+        .header("idempotency-key", "k-anon")
+        .body(Body::empty())
+        .unwrap();
+    let (status, headers, body) = send(&app, anonymous).await;
+    expect_problem(status, &headers, &body, StatusCode::BAD_REQUEST);
+    let claimed = send(
+        &app,
+        request("/claimed", "k-seen").body(Body::empty()).unwrap(),
+    )
+    .await;
+    assert_eq!(claimed.2, "k-seen");
+    assert_eq!(state.runs.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn with_an_optional_key_a_malformed_or_repeated_key_is_still_400() {
+    let state = AppState::default();
+    let app = optional_key_app(state.clone());
+    let long = "k".repeat(256);
+    let cases: Vec<Vec<&[u8]>> = vec![
+        vec![b""],
+        vec![long.as_bytes()],
+        vec![b"has space"],
+        vec![b"a", b"b"],
+    ];
+    for values in cases {
+        let mut request = Request::post("/payments").header("x-client-id", "acme");
+        for value in values {
+            request = request.header(
+                "idempotency-key",
+                axum::http::HeaderValue::from_bytes(value).unwrap(),
+            );
+        }
+        let (status, headers, body) = send(&app, request.body(Body::empty()).unwrap()).await;
+        let problem = expect_problem(status, &headers, &body, StatusCode::BAD_REQUEST);
+        assert_eq!(problem["title"], "Idempotency key invalid");
+    }
+    assert_eq!(state.runs.load(Ordering::SeqCst), 0);
+}

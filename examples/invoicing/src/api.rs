@@ -1,11 +1,9 @@
 //! The HTTP API: routes, handlers and how each outcome of a transition
 //! becomes a status code.
 
-use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::body::Body;
 use axum::extract::{Request, State as AxumState};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
@@ -14,15 +12,11 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Extension;
 use axum::Router;
-use bytes::Bytes;
-use futures::future::BoxFuture;
-use http_body_util::{Either, Full};
 use idem::http::{ClaimedKey, IdempotencyLayer};
 use idem::inbox::Delivery;
 use idem::keys::Scope;
 use idem::prelude::*;
 use serde::Serialize;
-use tower::{Layer, ServiceExt};
 
 use crate::invoice::{
     Event, HistoryEntry, Invoice, InvoiceStatus, NewInvoice, PayRequest, Payment,
@@ -79,31 +73,6 @@ fn scope(parts: &Parts) -> Option<Scope> {
     Scope::new(client, "invoicing").ok()
 }
 
-/// `idem_http`'s layer requires the key on every request it covers. Here
-/// the key is optional on the transitions (they are idempotent by state
-/// already): a request with a key goes through the layer (replays,
-/// reuse checks), one without goes straight to the handler.
-async fn optional_key(
-    AxumState(keys): AxumState<IdempotencyLayer<Keys>>,
-    request: Request,
-    next: Next,
-) -> Response {
-    if !request.headers().contains_key(IDEMPOTENCY_KEY) {
-        return next.run(request).await;
-    }
-    let handler =
-        next.map_request(|request: Request<Either<Full<Bytes>, Body>>| request.map(Body::new));
-    // Boxed as a `Send` future here, where its type is concrete: left to
-    // inference inside `from_fn`, rustc cannot prove it `Send` for every
-    // lifetime (a "higher-ranked lifetime error").
-    let layered: BoxFuture<'static, Result<_, Infallible>> =
-        Box::pin(keys.layer(handler).oneshot(request));
-    match layered.await {
-        Ok(response) => response.into_response(),
-        Err(never) => match never {},
-    }
-}
-
 /// The service's routes.
 pub fn router(app: App) -> Router {
     // Every handler here is idempotent on its own (the state guard, the
@@ -111,7 +80,9 @@ pub fn router(app: App) -> Router {
     // still going cannot pay or create twice: a short lease only shortens
     // how long retries wait after a run died before storing its response.
     let keys = IdempotencyLayer::new(app.keys.clone(), scope).lease(KEY_LEASE);
-    let optional = middleware::from_fn_with_state(keys.clone(), optional_key);
+    // The transitions are idempotent by state already: a key is optional
+    // there and, when sent, adds replays and reuse checks.
+    let optional = keys.clone().require_key(false);
     Router::new()
         .route("/diagram", get(diagram))
         .route("/invoices", post(create_invoice).layer(keys))
