@@ -170,7 +170,9 @@ where
 async fn run(measure: bool) {
     let plan = plan(measure);
     let backends = list("IDEM_BENCH_BACKENDS", "sqlite,postgres,mysql");
-    let wants = |b: &str| backends.iter().any(|x| x == b);
+    // Backends run only when a database scenario is selected.
+    let databases = plan.scenarios.iter().any(|s| s != "http");
+    let wants = |b: &str| databases && backends.iter().any(|x| x == b);
     let started = Instant::now();
     println!(
         "# idem bench: {} s per side per round, {} rounds, {} threads",
@@ -200,12 +202,12 @@ async fn run(measure: bool) {
         }
     }
     if plan.wants("http") {
-        let mut layer_rows = Vec::new();
         for Mode { name, tasks, .. } in MODES {
-            layer_rows.extend(http::layer(&plan.timing, tasks, name).await);
+            let layer_rows = http::layer(&plan.timing, tasks, name).await;
+            let title = format!("IdempotencyLayer over MemoryStore, in process, {tasks} task(s)");
+            report::print_table(&title, &layer_rows);
+            rows.extend(layer_rows);
         }
-        report::print_table("IdempotencyLayer over MemoryStore, in process", &layer_rows);
-        rows.extend(layer_rows);
     }
     report::print_summary(&rows);
     println!("\nTotal: {:.0?}", started.elapsed());
