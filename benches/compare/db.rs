@@ -586,7 +586,19 @@ impl Connect for Postgres {
             let Target::Postgres { url, schema } = target else {
                 panic!("a PostgreSQL pool needs a PostgreSQL target")
             };
-            let set = format!("SET search_path TO {schema}");
+            // `IDEM_BENCH_PG_SYNCHRONOUS_COMMIT=off` sets the session's
+            // synchronous_commit on every connection of both sides, so that
+            // commits stop waiting for the disk and the figures show what
+            // the statements cost (the server's setting is left alone).
+            let mut set = format!("SET search_path TO {schema}");
+            if let Ok(value) = std::env::var("IDEM_BENCH_PG_SYNCHRONOUS_COMMIT") {
+                assert!(
+                    ["on", "off", "local", "remote_write", "remote_apply"]
+                        .contains(&value.as_str()),
+                    "IDEM_BENCH_PG_SYNCHRONOUS_COMMIT={value} is not a synchronous_commit value"
+                );
+                set.push_str(&format!("; SET synchronous_commit = {value}"));
+            }
             let options: PgPoolOptions = pool_options(size);
             options
                 .after_connect(move |conn, _| {

@@ -18,7 +18,10 @@
 //! - `IDEM_BENCH_BACKENDS`: subset of `sqlite,postgres,mysql` (default all
 //!   whose URL is set);
 //! - `IDEM_BENCH_SECONDS`: time budget of one side in one round (0.15);
-//! - `IDEM_BENCH_ROUNDS`: timed rounds per scenario (10).
+//! - `IDEM_BENCH_ROUNDS`: timed rounds per scenario (10);
+//! - `IDEM_BENCH_PG_SYNCHRONOUS_COMMIT`: `SET synchronous_commit` on every
+//!   PostgreSQL connection of both sides (e.g. `off`: commits do not wait
+//!   for the disk, so the statements' cost shows).
 //!
 //! Without `--bench` (as `cargo test --benches` runs it) it makes one quick
 //! pass over every scenario on SQLite and in process with tiny sizes: a
