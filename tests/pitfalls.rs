@@ -388,6 +388,20 @@ async fn a_stored_reply_outlives_its_lease_in_memory() {
     a_stored_reply_outlives_its_lease_until_the_key_is_purged(MemoryStore::new(10)).await;
 }
 
+/// Completed keys are kept 24 hours and inbox markers too, unless set
+/// otherwise (a shorter default would let ordinary late retries and broker
+/// redeliveries run again).
+#[tokio::test]
+async fn key_retention_and_the_inbox_window_default_to_24_hours() {
+    let day = Duration::from_secs(24 * 60 * 60);
+    assert_eq!(idem::keys::DEFAULT_RETENTION, day);
+    assert_eq!(idem::inbox::DEFAULT_WINDOW, day);
+    let inbox = Inbox::new(common::sqlite(1).await, "billing").unwrap();
+    assert_eq!(inbox.window(), day);
+    let memory = idem::inbox::MemoryInbox::new("billing").unwrap();
+    assert_eq!(memory.window(), day);
+}
+
 macro_rules! keys {
     ($backend:ident, $db:ty, $pool:expr, $aged:literal) => {
         mod $backend {
