@@ -30,7 +30,8 @@ pub trait Backend: sqlx::Database {
     /// Classifies a driver error.
     fn error_kind(error: &sqlx::Error) -> ErrorKind;
 
-    /// Runs one statement without parameters (schema installation).
+    /// Runs a script without parameters: one statement, or several
+    /// separated by `;` (schema installation).
     #[doc(hidden)]
     fn execute_plain<'c>(
         conn: &'c mut Self::Connection,

@@ -17,7 +17,7 @@
 use idem_core::{Dialect, State};
 use sqlx::Pool;
 
-use crate::backend::db_error;
+use crate::schema::install_scripts;
 use crate::{Backend, Error};
 
 fn quote(dialect: Dialect, ident: &str) -> String {
@@ -95,16 +95,13 @@ pub fn schema_for<S: State>(dialect: Dialect) -> Option<Vec<String>> {
 }
 
 /// Creates `S`'s history table if it does not exist (safe to run at every
-/// start). Returns whether `S` has one.
+/// start, from processes starting together: one transaction, behind an
+/// advisory lock on PostgreSQL; see [`install_sql`](crate::install_sql)).
+/// Returns whether `S` has one.
 pub async fn install<S: State, DB: Backend>(pool: &Pool<DB>) -> Result<bool, Error> {
     let Some(statements) = schema_for::<S>(DB::DIALECT) else {
         return Ok(false);
     };
-    let mut conn = pool.acquire().await.map_err(db_error::<DB>)?;
-    for statement in statements {
-        DB::execute_plain(&mut conn, &statement)
-            .await
-            .map_err(db_error::<DB>)?;
-    }
+    install_scripts(pool, &statements).await?;
     Ok(true)
 }

@@ -135,6 +135,7 @@ use sqlx::Pool;
 pub use idem_core::inbox::{Delivery, EventId, DEFAULT_WINDOW};
 
 use crate::retry::{run_attempts, Attempt, Failure};
+use crate::schema::install_scripts;
 use crate::{Backend, Error, HandlerError, RetryPolicy};
 
 /// The name of idem's inbox table.
@@ -202,10 +203,6 @@ pub trait InboxBackend: Backend {
         consumer: &'c str,
         window: Duration,
     ) -> BoxFuture<'c, Result<u64, sqlx::Error>>;
-
-    /// Runs the schema script.
-    #[doc(hidden)]
-    fn run_schema(pool: &Pool<Self>) -> BoxFuture<'_, Result<(), sqlx::Error>>;
 }
 
 /// The deduplication inbox of one named consumer on a database.
@@ -373,10 +370,13 @@ impl<B: InboxBackend> Attempt<B, u64, Infallible> for Purge<'_> {
 }
 
 /// Creates the `idem_inbox` table and its index unless they exist.
-/// Idempotent; users who manage migrations themselves run [`schema`]
-/// instead.
+/// Idempotent, and safe to run from processes starting together (one
+/// transaction, behind an advisory lock on PostgreSQL; see
+/// [`install_sql`](crate::install_sql)); [`crate::install`] installs the
+/// key store's table too. Users who manage migrations themselves run
+/// [`schema`] instead.
 pub async fn install<B: InboxBackend>(pool: &Pool<B>) -> Result<(), Error> {
-    B::run_schema(pool).await.map_err(Error::Database)
+    install_scripts(pool, &[schema(B::DIALECT)]).await
 }
 
 /// The SQL that creates the inbox table and its index on `dialect`, for
@@ -467,13 +467,6 @@ impl InboxBackend for sqlx::Postgres {
             Ok(done.rows_affected())
         })
     }
-
-    fn run_schema(pool: &Pool<Self>) -> BoxFuture<'_, Result<(), sqlx::Error>> {
-        Box::pin(async move {
-            sqlx::raw_sql(POSTGRES_SCHEMA).execute(pool).await?;
-            Ok(())
-        })
-    }
 }
 
 #[cfg(feature = "mysql")]
@@ -511,13 +504,6 @@ impl InboxBackend for sqlx::MySql {
             .execute(conn)
             .await?;
             Ok(done.rows_affected())
-        })
-    }
-
-    fn run_schema(pool: &Pool<Self>) -> BoxFuture<'_, Result<(), sqlx::Error>> {
-        Box::pin(async move {
-            sqlx::raw_sql(MYSQL_SCHEMA).execute(pool).await?;
-            Ok(())
         })
     }
 }
@@ -564,13 +550,6 @@ impl InboxBackend for sqlx::Sqlite {
             .execute(conn)
             .await?;
             Ok(done.rows_affected())
-        })
-    }
-
-    fn run_schema(pool: &Pool<Self>) -> BoxFuture<'_, Result<(), sqlx::Error>> {
-        Box::pin(async move {
-            sqlx::raw_sql(SQLITE_SCHEMA).execute(pool).await?;
-            Ok(())
         })
     }
 }

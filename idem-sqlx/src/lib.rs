@@ -58,6 +58,9 @@
 //! moved, retrying serialization failures and deadlocks; [`history`]
 //! creates the optional history table. How many statements each call
 //! sends per backend is in [`TransitionExt`]'s documentation.
+//! [`install`] creates idem's own tables (keys and inbox) on any backend,
+//! and [`install_sql`] the application's, safely when processes start
+//! together.
 
 mod backend;
 #[cfg(any(feature = "mysql", feature = "sqlite"))]
@@ -74,6 +77,7 @@ mod mysql;
 #[cfg(feature = "postgres")]
 mod postgres;
 mod retry;
+mod schema;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 mod transition;
@@ -84,4 +88,5 @@ pub use handler::TransitionHandler;
 pub use insert::{insert_once, Insert, InsertBackend};
 pub use key::Key;
 pub use retry::{RetryPolicy, RETRY_TARGET};
+pub use schema::{install, install_sql};
 pub use transition::TransitionExt;

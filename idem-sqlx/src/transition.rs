@@ -132,6 +132,111 @@ pub trait TransitionExt<S: State> {
         K: Key<DB> + 'a,
         H: TransitionHandler<S, DB, K>,
         't: 'a;
+
+    /// [`apply_with`](Self::apply_with) on a connection the caller holds —
+    /// the `&mut DB::Connection` an [`InboxHandler`](crate::inbox::InboxHandler)
+    /// or another handler receives, `&mut **tx` of a transaction, `&mut *conn`
+    /// of a pooled connection.
+    ///
+    /// On a connection already inside a transaction, the change and the
+    /// handler's writes run under a savepoint, as with
+    /// [`apply_with_in`](Self::apply_with_in): released on success, rolled
+    /// back on a handler error (the caller's earlier writes stay), committed
+    /// or rolled back with the caller's transaction. On a connection not in
+    /// a transaction, they run in a transaction of their own (`BEGIN
+    /// IMMEDIATE` on SQLite) that commits before this returns. Transient
+    /// conflicts are not retried here: they surface as [`Error::Retryable`]
+    /// and the caller runs its transaction again (an inbox does so itself
+    /// when its handler's [`transient`](crate::inbox::InboxHandler::transient)
+    /// hands the error back).
+    ///
+    /// ```
+    /// use async_trait::async_trait;
+    /// use idem_core::{Change, Outcome, State};
+    /// use idem_derive::StateMachine;
+    /// use idem_sqlx::inbox::{install, Delivery, EventId, Inbox, InboxHandler};
+    /// use idem_sqlx::{HandlerError, TransitionExt, TransitionHandler};
+    /// use sqlx::sqlite::{Sqlite, SqliteConnection, SqlitePoolOptions};
+    ///
+    /// #[derive(StateMachine, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+    /// #[state_machine(table = "invoices", column = "status", key = "id")]
+    /// #[state_machine(transitions(pay: Issued -> Paid))]
+    /// enum InvoiceStatus {
+    ///     #[state_machine(initial)]
+    ///     Issued,
+    ///     Paid,
+    /// }
+    ///
+    /// struct RecordPayment;
+    ///
+    /// #[async_trait]
+    /// impl TransitionHandler<InvoiceStatus, Sqlite, i64> for RecordPayment {
+    ///     type Error = sqlx::Error;
+    ///
+    ///     async fn on_applied(
+    ///         &self,
+    ///         conn: &mut SqliteConnection,
+    ///         change: Change<'_, InvoiceStatus, i64>,
+    ///     ) -> Result<(), sqlx::Error> {
+    ///         sqlx::query("INSERT INTO payments (invoice_id) VALUES (?)")
+    ///             .bind(*change.key)
+    ///             .execute(conn)
+    ///             .await?;
+    ///         Ok(())
+    ///     }
+    /// }
+    ///
+    /// /// A `payment.received` event pays invoice 1: the inbox marker, the
+    /// /// transition and the payment commit together.
+    /// struct PayOnEvent;
+    ///
+    /// #[async_trait]
+    /// impl InboxHandler<Sqlite> for PayOnEvent {
+    ///     type Output = Outcome<InvoiceStatus>;
+    ///     type Error = HandlerError<sqlx::Error>;
+    ///
+    ///     async fn handle(
+    ///         &self,
+    ///         conn: &mut SqliteConnection,
+    ///         _: &EventId,
+    ///     ) -> Result<Self::Output, Self::Error> {
+    ///         InvoiceStatus::pay().apply_with_on(conn, 1i64, &RecordPayment).await
+    ///     }
+    /// }
+    ///
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// let pool = SqlitePoolOptions::new().max_connections(1).connect("sqlite::memory:").await?;
+    /// sqlx::raw_sql(
+    ///     "CREATE TABLE invoices (id INTEGER PRIMARY KEY, status TEXT NOT NULL);
+    ///      CREATE TABLE payments (invoice_id INTEGER NOT NULL);
+    ///      INSERT INTO invoices (id, status) VALUES (1, 'issued');",
+    /// )
+    /// .execute(&pool)
+    /// .await?;
+    /// install(&pool).await?;
+    /// let inbox = Inbox::new(pool.clone(), "payments")?;
+    ///
+    /// let first = inbox.process(&EventId::new("evt-1")?, &PayOnEvent).await;
+    /// assert!(matches!(first, Ok(Delivery::Processed(Outcome::Applied { .. }))));
+    /// // Another event for the same invoice: the state guard makes it a no-op.
+    /// let second = inbox.process(&EventId::new("evt-2")?, &PayOnEvent).await;
+    /// assert!(matches!(second, Ok(Delivery::Processed(Outcome::AlreadyApplied { .. }))));
+    /// let payments: i64 = sqlx::query_scalar("SELECT count(*) FROM payments").fetch_one(&pool).await?;
+    /// assert_eq!(payments, 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// # }).unwrap();
+    /// ```
+    fn apply_with_on<'a, C, K, H>(
+        &'static self,
+        conn: &'a mut C,
+        key: K,
+        handler: &'a H,
+    ) -> BoxFuture<'a, Result<Outcome<S>, HandlerError<H::Error>>>
+    where
+        C: Connection,
+        C::Database: Backend,
+        K: Key<C::Database> + 'a,
+        H: TransitionHandler<S, C::Database, K>;
 }
 
 /// The compiled SQL of `transition` for `DB`, or [`idem_core::Error::NoTable`].
@@ -336,21 +441,61 @@ impl<S: State> TransitionExt<S> for Transition<S> {
         H: TransitionHandler<S, DB, K>,
         't: 'a,
     {
-        Box::pin(async move {
-            let mut savepoint = Connection::begin(&mut **tx).await.map_err(db_error::<DB>)?;
-            let result = apply_and_handle::<S, DB, K, H>(&mut savepoint, self, &key, handler).await;
-            match result {
-                Ok(outcome) => {
-                    savepoint.commit().await.map_err(db_error::<DB>)?;
-                    Ok(outcome)
-                }
-                Err(Failure::Handler(e)) => {
-                    savepoint.rollback().await.map_err(db_error::<DB>)?;
-                    Err(HandlerError::Handler(e))
-                }
-                Err(Failure::Idem(e)) => Err(HandlerError::Idem(e)),
-                Err(Failure::Db(e)) => Err(HandlerError::Idem(db_error::<DB>(e))),
-            }
-        })
+        Box::pin(apply_handled_on::<S, DB::Connection, K, H>(
+            &mut **tx, self, key, handler,
+        ))
+    }
+
+    fn apply_with_on<'a, C, K, H>(
+        &'static self,
+        conn: &'a mut C,
+        key: K,
+        handler: &'a H,
+    ) -> BoxFuture<'a, Result<Outcome<S>, HandlerError<H::Error>>>
+    where
+        C: Connection,
+        C::Database: Backend,
+        K: Key<C::Database> + 'a,
+        H: TransitionHandler<S, C::Database, K>,
+    {
+        Box::pin(apply_handled_on::<S, C, K, H>(conn, self, key, handler))
+    }
+}
+
+/// Applies and runs the handler under a savepoint of the transaction
+/// `conn` is in, or in a transaction of its own when it is in none:
+/// committed on success, rolled back on a handler error.
+async fn apply_handled_on<S, C, K, H>(
+    conn: &mut C,
+    transition: &'static Transition<S>,
+    key: K,
+    handler: &H,
+) -> Result<Outcome<S>, HandlerError<H::Error>>
+where
+    S: State,
+    C: Connection,
+    C::Database: Backend,
+    K: Key<C::Database>,
+    H: TransitionHandler<S, C::Database, K>,
+{
+    type Db<C> = <C as Connection>::Database;
+    let mut tx = if conn.is_in_transaction() {
+        Connection::begin(conn).await
+    } else {
+        conn.begin_with(Db::<C>::BEGIN_WRITE).await
+    }
+    .map_err(db_error::<Db<C>>)?;
+    let result = apply_and_handle::<S, Db<C>, K, H>(&mut tx, transition, &key, handler).await;
+    match result {
+        Ok(outcome) => {
+            tx.commit().await.map_err(db_error::<Db<C>>)?;
+            Ok(outcome)
+        }
+        Err(Failure::Handler(e)) => {
+            tx.rollback().await.map_err(db_error::<Db<C>>)?;
+            Err(HandlerError::Handler(e))
+        }
+        Err(Failure::Idem(e)) => Err(HandlerError::Idem(e)),
+        Err(Failure::Db(e)) => Err(HandlerError::Idem(db_error::<Db<C>>(e))),
     }
 }

@@ -50,7 +50,7 @@
 //!   complete (or release on a failure the client may retry). A run that
 //!   crashed is taken over once its lease expires, and the new holder is
 //!   told the first run's outcome is uncertain
-//!   ([`Claim::Recovered`](idem_core::keys::Claim::Recovered)).
+//!   ([`Claim::Recovered`]).
 //!
 //!   ```
 //!   use std::time::Duration;
@@ -86,7 +86,9 @@
 //!
 //! The table's SQL is [`schema`], for projects that keep their own
 //! migrations; [`SqlKeyStore::install`] runs it and may run any number of
-//! times.
+//! times, also from processes starting together; [`crate::install`]
+//! installs it with the inbox's table. Code generic over the database
+//! names [`KeyBackend`] as its bound.
 //!
 //! # Statements
 //!
@@ -103,10 +105,72 @@
 mod sql;
 mod store;
 
-use idem_core::keys::StoredResponse;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use idem_core::keys::{
+    Claim, Completion, Fingerprint, IdempotencyKey, Lease, Scope, StoredResponse,
+};
 use idem_core::Dialect;
 
-use crate::RetryPolicy;
+use crate::{Backend, Error, RetryPolicy};
+
+/// A backend the key store runs on: PostgreSQL, MySQL/MariaDB and SQLite.
+/// Its methods are the store's statements on that backend; name it as the
+/// bound of code generic over the database, as [`InboxBackend`](crate::inbox::InboxBackend)
+/// is for the inbox.
+///
+/// ```
+/// use idem_core::keys::KeyStore;
+/// use idem_sqlx::keys::{KeyBackend, SqlKeyStore};
+///
+/// /// Opens the key store on any backend, its table installed.
+/// async fn key_store<B: KeyBackend>(pool: sqlx::Pool<B>) -> Result<SqlKeyStore<B>, idem_sqlx::Error> {
+///     let store = SqlKeyStore::new(pool);
+///     store.install().await?;
+///     Ok(store)
+/// }
+///
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// let pool = sqlx::sqlite::SqlitePoolOptions::new().max_connections(1).connect("sqlite::memory:").await?;
+/// let store = key_store(pool).await?;
+/// assert_eq!(store.purge(idem_core::keys::DEFAULT_RETENTION).await?, 0);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// # }).unwrap();
+/// ```
+pub trait KeyBackend: Backend {
+    /// Claims `(scope, key)` on `conn` (see [`KeyStore::claim`](idem_core::keys::KeyStore::claim)).
+    #[doc(hidden)]
+    fn claim_on<'c>(
+        conn: &'c mut Self::Connection,
+        scope: &'c Scope,
+        key: &'c IdempotencyKey,
+        fingerprint: &'c Fingerprint,
+        lease: Duration,
+    ) -> BoxFuture<'c, Result<Claim, Error>>;
+
+    /// Stores the response of the run holding `lease`.
+    #[doc(hidden)]
+    fn complete_on<'c>(
+        conn: &'c mut Self::Connection,
+        lease: &'c Lease,
+        response: &'c StoredResponse,
+    ) -> BoxFuture<'c, Result<Completion, Error>>;
+
+    /// Deletes the running record of `lease`.
+    #[doc(hidden)]
+    fn release_on<'c>(
+        conn: &'c mut Self::Connection,
+        lease: &'c Lease,
+    ) -> BoxFuture<'c, Result<(), Error>>;
+
+    /// Deletes the records older than `retention`.
+    #[doc(hidden)]
+    fn purge_on(
+        conn: &mut Self::Connection,
+        retention: Duration,
+    ) -> BoxFuture<'_, Result<u64, Error>>;
+}
 
 /// The SQL that creates the `idem_keys` table and its indexes in one
 /// dialect (`CREATE ... IF NOT EXISTS`, so it may run again). Copy it into

@@ -1,12 +1,22 @@
-//! The store's statements, written once and expanded for each backend: the
-//! backends' query results and executors are concrete types, so a macro
-//! keeps one body instead of a wall of generic bounds.
+//! The store's statements, written once and expanded for each backend's
+//! [`KeyBackend`] impl: the backends' query results and executors are
+//! concrete types, so a macro keeps one body instead of a wall of generic
+//! bounds. The store itself ([`KeyStore`], `install`, `run_once`) is
+//! written once, generic over [`KeyBackend`].
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use idem_core::keys::{Claim, Fingerprint, IdempotencyKey, Lease, Scope, StoredResponse};
+use async_trait::async_trait;
+use futures::future::BoxFuture;
+use idem_core::keys::{
+    Claim, Completion, Fingerprint, IdempotencyKey, KeyStore, Lease, Scope, StoredResponse,
+};
 
-use crate::Error;
+use super::{KeyBackend, Once, SqlKeyStore};
+use crate::retry::{run_transaction, Failure};
+use crate::schema::install_scripts;
+use crate::{Error, HandlerError};
 
 /// How many times a claim re-runs its statements when the record vanished
 /// or its lease ran out between them, before it answers "in progress".
@@ -107,17 +117,11 @@ macro_rules! sql_key_store {
     ($feature:literal, $db:ty) => {
         #[cfg(feature = $feature)]
         const _: () = {
-            use std::sync::Arc;
-
-            use async_trait::async_trait;
-            use futures::future::BoxFuture;
-            use idem_core::keys::{Completion, KeyStore};
             use sqlx::Database;
 
             use super::sql::{for_dialect, KeySql};
-            use super::{Once, SqlKeyStore};
-            use crate::retry::{run_transaction, Failure};
-            use crate::{Backend, HandlerError};
+            use crate::backend::db_error;
+            use crate::Backend;
 
             type Conn = <$db as Database>::Connection;
 
@@ -182,7 +186,7 @@ macro_rules! sql_key_store {
             async fn claim_on(conn: &mut Conn, args: &ClaimArgs<'_>) -> Result<Claim, Error> {
                 for _ in 0..MAX_CLAIM_ROUNDS {
                     let token = new_token();
-                    match insert(conn, args, token).await.map_err(db_error)? {
+                    match insert(conn, args, token).await.map_err(db_error::<$db>)? {
                         Some(false) => return Ok(Claim::New(args.lease(token))),
                         Some(true) => return Ok(Claim::Recovered(args.lease(token))),
                         None => {}
@@ -192,7 +196,7 @@ macro_rules! sql_key_store {
                         .bind(args.key.as_str())
                         .fetch_optional(&mut *conn)
                         .await
-                        .map_err(db_error)?;
+                        .map_err(db_error::<$db>)?;
                     match interpret(row, args.fingerprint)? {
                         Read::Answer(claim) => return Ok(claim),
                         // Gone since the insert: insert again.
@@ -200,7 +204,10 @@ macro_rules! sql_key_store {
                         // The next upsert takes it over.
                         Read::Expired if SQL.takeover.is_empty() => {}
                         Read::Expired => {
-                            if take_over(conn, args, token).await.map_err(db_error)? {
+                            if take_over(conn, args, token)
+                                .await
+                                .map_err(db_error::<$db>)?
+                            {
                                 return Ok(Claim::Recovered(args.lease(token)));
                             }
                         }
@@ -235,150 +242,68 @@ macro_rules! sql_key_store {
                 })
             }
 
-            fn db_error(error: sqlx::Error) -> Error {
-                match <$db as Backend>::error_kind(&error) {
-                    crate::ErrorKind::Transient => Error::Retryable(error),
-                    _ => Error::Database(error),
-                }
-            }
-
-            #[async_trait]
-            impl KeyStore for SqlKeyStore<$db> {
-                type Error = Error;
-
-                async fn claim(
-                    &self,
-                    scope: &Scope,
-                    key: &IdempotencyKey,
-                    fingerprint: &Fingerprint,
+            impl KeyBackend for $db {
+                fn claim_on<'c>(
+                    conn: &'c mut Conn,
+                    scope: &'c Scope,
+                    key: &'c IdempotencyKey,
+                    fingerprint: &'c Fingerprint,
                     lease: Duration,
-                ) -> Result<Claim, Error> {
-                    let mut conn = self.pool.acquire().await.map_err(Error::Database)?;
-                    let args = ClaimArgs {
-                        scope,
-                        key,
-                        fingerprint,
-                        lease,
-                    };
-                    claim_on(&mut conn, &args).await
-                }
-
-                async fn complete(
-                    &self,
-                    lease: &Lease,
-                    response: &StoredResponse,
-                ) -> Result<Completion, Error> {
-                    let mut conn = self.pool.acquire().await.map_err(Error::Database)?;
-                    complete_on(&mut conn, lease, response)
-                        .await
-                        .map_err(db_error)
-                }
-
-                async fn release(&self, lease: &Lease) -> Result<(), Error> {
-                    sqlx::query(SQL.release)
-                        .bind(lease.scope().as_str())
-                        .bind(lease.key().as_str())
-                        .bind(lease.token())
-                        .execute(&self.pool)
-                        .await
-                        .map_err(db_error)?;
-                    Ok(())
-                }
-
-                async fn purge(&self, retention: Duration) -> Result<u64, Error> {
-                    let retention = micros(retention);
-                    let purged = sqlx::query(SQL.purge)
-                        .bind(retention)
-                        .bind(retention)
-                        .execute(&self.pool)
-                        .await
-                        .map_err(db_error)?
-                        .rows_affected();
-                    Ok(purged)
-                }
-            }
-
-            impl SqlKeyStore<$db> {
-                /// Creates the `idem_keys` table and its indexes unless they
-                /// exist ([`schema`](super::schema)).
-                pub async fn install(&self) -> Result<(), Error> {
-                    sqlx::raw_sql(SQL.schema)
-                        .execute(&self.pool)
-                        .await
-                        .map_err(Error::Database)?;
-                    Ok(())
-                }
-
-                /// The transactional mode: in ONE transaction, claims
-                /// `(scope, key)`, runs `work` on the transaction and stores
-                /// the response it returns, then commits — so work that only
-                /// writes to this database runs exactly once, with no lease.
-                ///
-                /// A concurrent call with the same key waits for this
-                /// transaction (on the key's row, or on SQLite's single
-                /// writer) and then gets [`Once::Replayed`]. If `work` fails,
-                /// everything rolls back, the key included, and the error is
-                /// returned as [`HandlerError::Handler`]: a retry runs again.
-                /// The same key with another fingerprint is
-                /// `idem_core::Error::KeyReused`; a key held by a live lease
-                /// of the leased mode is `idem_core::Error::InProgress`.
-                ///
-                /// On a serialization failure, deadlock or busy database the
-                /// whole transaction runs again (up to the store's
-                /// [`RetryPolicy`](crate::RetryPolicy)), so `work` is `Fn`.
-                pub async fn run_once<E, F>(
-                    &self,
-                    scope: &Scope,
-                    key: &IdempotencyKey,
-                    fingerprint: &Fingerprint,
-                    work: F,
-                ) -> Result<Once, HandlerError<E>>
-                where
-                    E: Send + 'static,
-                    F: for<'t> Fn(
-                            &'t mut sqlx::Transaction<'static, $db>,
-                        ) -> BoxFuture<'t, Result<StoredResponse, E>>
-                        + Send
-                        + Sync
-                        + 'static,
-                {
-                    // Each attempt's future owns what it uses: the runner's
-                    // closure hands out futures for any transaction lifetime.
-                    let shared = Arc::new((work, scope.clone(), key.clone(), *fingerprint));
-                    run_transaction(&self.pool, &self.retry, move |tx| {
-                        let shared = Arc::clone(&shared);
-                        Box::pin(async move {
-                            let (work, scope, key, fingerprint) = &*shared;
-                            let args = ClaimArgs {
-                                scope,
-                                key,
-                                fingerprint,
-                                lease: idem_core::keys::DEFAULT_LEASE,
-                            };
-                            let lease = match claim_on(&mut **tx, &args).await? {
-                                Claim::New(lease) | Claim::Recovered(lease) => lease,
-                                Claim::Replay(response) => return Ok(Once::Replayed(response)),
-                                Claim::InProgress { retry_after } => {
-                                    return Err(Failure::Idem(Error::Core(
-                                        idem_core::Error::InProgress { retry_after },
-                                    )))
-                                }
-                                Claim::KeyReused => {
-                                    return Err(Failure::Idem(Error::Core(
-                                        idem_core::Error::KeyReused,
-                                    )))
-                                }
-                            };
-                            let response = work(tx).await.map_err(Failure::Handler)?;
-                            match complete_on(&mut **tx, &lease, &response).await? {
-                                Completion::Stored => Ok(Once::Ran(response)),
-                                Completion::LeaseLost => {
-                                    Err(Failure::Idem(Error::Core(idem_core::Error::LeaseLost)))
-                                }
-                            }
-                        })
+                ) -> BoxFuture<'c, Result<Claim, Error>> {
+                    Box::pin(async move {
+                        let args = ClaimArgs {
+                            scope,
+                            key,
+                            fingerprint,
+                            lease,
+                        };
+                        claim_on(conn, &args).await
                     })
-                    .await
+                }
+
+                fn complete_on<'c>(
+                    conn: &'c mut Conn,
+                    lease: &'c Lease,
+                    response: &'c StoredResponse,
+                ) -> BoxFuture<'c, Result<Completion, Error>> {
+                    Box::pin(async move {
+                        complete_on(conn, lease, response)
+                            .await
+                            .map_err(db_error::<$db>)
+                    })
+                }
+
+                fn release_on<'c>(
+                    conn: &'c mut Conn,
+                    lease: &'c Lease,
+                ) -> BoxFuture<'c, Result<(), Error>> {
+                    Box::pin(async move {
+                        sqlx::query(SQL.release)
+                            .bind(lease.scope().as_str())
+                            .bind(lease.key().as_str())
+                            .bind(lease.token())
+                            .execute(conn)
+                            .await
+                            .map_err(db_error::<$db>)?;
+                        Ok(())
+                    })
+                }
+
+                fn purge_on(
+                    conn: &mut Conn,
+                    retention: Duration,
+                ) -> BoxFuture<'_, Result<u64, Error>> {
+                    let retention = micros(retention);
+                    Box::pin(async move {
+                        let purged = sqlx::query(SQL.purge)
+                            .bind(retention)
+                            .bind(retention)
+                            .execute(conn)
+                            .await
+                            .map_err(db_error::<$db>)?
+                            .rows_affected();
+                        Ok(purged)
+                    })
                 }
             }
         };
@@ -388,3 +313,115 @@ macro_rules! sql_key_store {
 sql_key_store!("postgres", sqlx::Postgres);
 sql_key_store!("mysql", sqlx::MySql);
 sql_key_store!("sqlite", sqlx::Sqlite);
+
+#[async_trait]
+impl<B: KeyBackend> KeyStore for SqlKeyStore<B> {
+    type Error = Error;
+
+    async fn claim(
+        &self,
+        scope: &Scope,
+        key: &IdempotencyKey,
+        fingerprint: &Fingerprint,
+        lease: Duration,
+    ) -> Result<Claim, Error> {
+        let mut conn = self.pool.acquire().await.map_err(Error::Database)?;
+        B::claim_on(&mut conn, scope, key, fingerprint, lease).await
+    }
+
+    async fn complete(
+        &self,
+        lease: &Lease,
+        response: &StoredResponse,
+    ) -> Result<Completion, Error> {
+        let mut conn = self.pool.acquire().await.map_err(Error::Database)?;
+        B::complete_on(&mut conn, lease, response).await
+    }
+
+    async fn release(&self, lease: &Lease) -> Result<(), Error> {
+        let mut conn = self.pool.acquire().await.map_err(Error::Database)?;
+        B::release_on(&mut conn, lease).await
+    }
+
+    async fn purge(&self, retention: Duration) -> Result<u64, Error> {
+        let mut conn = self.pool.acquire().await.map_err(Error::Database)?;
+        B::purge_on(&mut conn, retention).await
+    }
+}
+
+impl<B: KeyBackend> SqlKeyStore<B> {
+    /// Creates the `idem_keys` table and its indexes unless they exist
+    /// ([`schema`](super::schema)). Safe to run at every start, from any
+    /// number of processes at once: on PostgreSQL the statements run in
+    /// one transaction behind an advisory lock, so two installs never race
+    /// on the catalog. [`crate::install`] installs the inbox's table too.
+    pub async fn install(&self) -> Result<(), Error> {
+        install_scripts(&self.pool, &[super::schema(B::DIALECT)]).await
+    }
+
+    /// The transactional mode: in ONE transaction, claims
+    /// `(scope, key)`, runs `work` on the transaction and stores
+    /// the response it returns, then commits — so work that only
+    /// writes to this database runs exactly once, with no lease.
+    ///
+    /// A concurrent call with the same key waits for this
+    /// transaction (on the key's row, or on SQLite's single
+    /// writer) and then gets [`Once::Replayed`]. If `work` fails,
+    /// everything rolls back, the key included, and the error is
+    /// returned as [`HandlerError::Handler`]: a retry runs again.
+    /// The same key with another fingerprint is
+    /// `idem_core::Error::KeyReused`; a key held by a live lease
+    /// of the leased mode is `idem_core::Error::InProgress`.
+    ///
+    /// On a serialization failure, deadlock or busy database the
+    /// whole transaction runs again (up to the store's
+    /// [`RetryPolicy`](crate::RetryPolicy)), so `work` is `Fn`.
+    pub async fn run_once<E, F>(
+        &self,
+        scope: &Scope,
+        key: &IdempotencyKey,
+        fingerprint: &Fingerprint,
+        work: F,
+    ) -> Result<Once, HandlerError<E>>
+    where
+        E: Send + 'static,
+        F: for<'t> Fn(
+                &'t mut sqlx::Transaction<'static, B>,
+            ) -> BoxFuture<'t, Result<StoredResponse, E>>
+            + Send
+            + Sync
+            + 'static,
+    {
+        // Each attempt's future owns what it uses: the runner's
+        // closure hands out futures for any transaction lifetime.
+        let shared = Arc::new((work, scope.clone(), key.clone(), *fingerprint));
+        run_transaction(&self.pool, &self.retry, move |tx| {
+            let shared = Arc::clone(&shared);
+            Box::pin(async move {
+                let (work, scope, key, fingerprint) = &*shared;
+                let lease = idem_core::keys::DEFAULT_LEASE;
+                let claim = B::claim_on(tx, scope, key, fingerprint, lease).await?;
+                let lease = match claim {
+                    Claim::New(lease) | Claim::Recovered(lease) => lease,
+                    Claim::Replay(response) => return Ok(Once::Replayed(response)),
+                    Claim::InProgress { retry_after } => {
+                        return Err(Failure::Idem(Error::Core(idem_core::Error::InProgress {
+                            retry_after,
+                        })))
+                    }
+                    Claim::KeyReused => {
+                        return Err(Failure::Idem(Error::Core(idem_core::Error::KeyReused)))
+                    }
+                };
+                let response = work(tx).await.map_err(Failure::Handler)?;
+                match B::complete_on(tx, &lease, &response).await? {
+                    Completion::Stored => Ok(Once::Ran(response)),
+                    Completion::LeaseLost => {
+                        Err(Failure::Idem(Error::Core(idem_core::Error::LeaseLost)))
+                    }
+                }
+            })
+        })
+        .await
+    }
+}
