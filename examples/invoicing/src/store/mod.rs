@@ -6,7 +6,6 @@
 mod payment;
 pub mod sql;
 
-use std::future::Future;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,8 +15,8 @@ use idem::inbox::{Delivery, EventId};
 use idem::keys::KeyStore;
 use idem::prelude::*;
 use idem::sqlx::history;
-use idem::sqlx::inbox::{self, Inbox, InboxBackend, InboxHandler};
-use idem::sqlx::keys::SqlKeyStore;
+use idem::sqlx::inbox::{Inbox, InboxBackend, InboxHandler};
+use idem::sqlx::keys::{KeyBackend, SqlKeyStore};
 use idem::sqlx::{insert_once, HandlerError, Insert, InsertBackend, TransitionExt};
 use sqlx::mysql::{MySql, MySqlConnectOptions};
 use sqlx::pool::PoolOptions;
@@ -59,8 +58,9 @@ pub trait Repository: Send + Sync {
     /// The backend's name (`sqlite`, `postgres`, `mysql`).
     fn backend(&self) -> &'static str;
 
-    /// Creates the app's tables and the invoice history table if they do
-    /// not exist.
+    /// Creates the app's tables, the invoice history table and idem's
+    /// tables (idempotency keys, inbox) if they do not exist; safe from
+    /// instances starting together.
     async fn install(&self) -> Result<(), StoreError>;
 
     /// Inserts a draft invoice for the request `key` of `client`, once:
@@ -112,9 +112,9 @@ pub trait Repository: Send + Sync {
     async fn history(&self, id: i64) -> Result<Vec<HistoryEntry>, StoreError>;
 }
 
-/// A backend the app runs on: idem's backend (with its inbox and
-/// idempotent inserts) plus the app's SQL for it.
-pub trait AppBackend: InboxBackend + InsertBackend {
+/// A backend the app runs on: idem's backend (with its key store, inbox
+/// and idempotent inserts) plus the app's SQL for it.
+pub trait AppBackend: KeyBackend + InboxBackend + InsertBackend {
     /// The app's statements in this backend's dialect.
     const QUERIES: &'static Queries;
 }
@@ -190,11 +190,11 @@ where
     }
 
     async fn install(&self) -> Result<(), StoreError> {
-        for statement in B::QUERIES.schema {
-            self.pool.execute(*statement).await?;
-        }
+        // Each in one transaction that concurrent installs (instances
+        // starting together) wait for, rather than race.
+        idem::sqlx::install_sql(&self.pool, B::QUERIES.schema).await?;
         history::install::<InvoiceStatus, B>(&self.pool).await?;
-        inbox::install(&self.pool).await?;
+        idem::sqlx::install(&self.pool).await?;
         Ok(())
     }
 
@@ -334,7 +334,6 @@ impl Services {
     where
         B: AppBackend,
         SqlStore<B>: Repository,
-        SqlKeyStore<B>: KeyStore<Error = idem::sqlx::Error>,
     {
         let repo = SqlStore::new(pool.clone())?;
         repo.install().await?;
@@ -362,62 +361,21 @@ pub async fn open(connect: &Connect) -> Result<Services, StoreError> {
             let pool = pool_options::<Sqlite>(connect)
                 .connect_with(options)
                 .await?;
-            let keys = SqlKeyStore::new(pool.clone());
-            install_retrying(|| async {
-                keys.install().await?;
-                Services::install(pool.clone()).await
-            })
-            .await
+            Services::install(pool).await
         }
         "postgres" | "postgresql" => {
             let options = PgConnectOptions::from_str(url)?;
             let pool = pool_options::<Postgres>(connect)
                 .connect_with(options)
                 .await?;
-            let keys = SqlKeyStore::new(pool.clone());
-            install_retrying(|| async {
-                keys.install().await?;
-                Services::install(pool.clone()).await
-            })
-            .await
+            Services::install(pool).await
         }
         "mysql" | "mariadb" => {
             let options = MySqlConnectOptions::from_str(&url.replacen("mariadb:", "mysql:", 1))?;
             let pool = pool_options::<MySql>(connect).connect_with(options).await?;
-            let keys = SqlKeyStore::new(pool.clone());
-            install_retrying(|| async {
-                keys.install().await?;
-                Services::install(pool.clone()).await
-            })
-            .await
+            Services::install(pool).await
         }
         _ => Err(StoreError::UnsupportedUrl(url.to_owned())),
-    }
-}
-
-/// How many times the schema installation runs before its error is final.
-const INSTALL_ATTEMPTS: u64 = 5;
-
-/// Runs the schema installation, and again when it fails: instances
-/// starting at the same moment on a fresh PostgreSQL database race on its
-/// catalog (`CREATE TABLE IF NOT EXISTS` is not atomic against a concurrent
-/// one: the loser fails on the unique index of `pg_type`), and the loser's
-/// next attempt finds the tables there.
-async fn install_retrying<F, Fut>(mut install: F) -> Result<Services, StoreError>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<Services, StoreError>>,
-{
-    let mut attempt = 1;
-    loop {
-        match install().await {
-            Err(error) if attempt < INSTALL_ATTEMPTS => {
-                tracing::warn!(%error, attempt, "installing the schema failed; trying again");
-                tokio::time::sleep(Duration::from_millis(100 * attempt)).await;
-                attempt += 1;
-            }
-            result => return result,
-        }
     }
 }
 

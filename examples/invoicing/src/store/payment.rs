@@ -5,7 +5,8 @@ use async_trait::async_trait;
 use idem::inbox::EventId;
 use idem::prelude::*;
 use idem::sqlx::inbox::InboxHandler;
-use sqlx::{Acquire, Encode, Executor, IntoArguments, Type};
+use idem::sqlx::HandlerError;
+use sqlx::{Encode, Executor, IntoArguments, Type};
 
 use super::AppBackend;
 use crate::invoice::InvoiceStatus;
@@ -104,7 +105,6 @@ pub enum EventError {
 impl<B> InboxHandler<B> for PayFromEvent
 where
     B: AppBackend,
-    for<'c> &'c mut B::Connection: Acquire<'c, Database = B>,
     RecordPayment: TransitionHandler<InvoiceStatus, B, i64, Error = sqlx::Error>,
     i64: idem::sqlx::Key<B>,
 {
@@ -116,21 +116,17 @@ where
         conn: &mut B::Connection,
         _event_id: &EventId,
     ) -> Result<Outcome<InvoiceStatus>, EventError> {
-        let key = self.invoice_id;
-        let transition = InvoiceStatus::pay();
-        let outcome = transition.apply(&mut *conn, key).await?;
+        // The transition and the payment under a savepoint of the inbox's
+        // transaction: they commit with the marker, or not at all.
+        let outcome = InvoiceStatus::pay()
+            .apply_with_on(conn, self.invoice_id, &self.payment)
+            .await
+            .map_err(|error| match error {
+                HandlerError::Handler(e) => EventError::Database(e),
+                HandlerError::Idem(e) => EventError::Idem(e),
+            })?;
         match outcome {
-            Outcome::Applied { from, to } => {
-                let change = Change {
-                    transition,
-                    key: &key,
-                    from,
-                    to,
-                };
-                self.payment.on_applied(conn, change).await?;
-                Ok(outcome)
-            }
-            Outcome::AlreadyApplied { .. } => Ok(outcome),
+            Outcome::Applied { .. } | Outcome::AlreadyApplied { .. } => Ok(outcome),
             Outcome::Rejected { .. } | Outcome::NotFound => Err(EventError::Refused(outcome)),
         }
     }
