@@ -162,6 +162,9 @@ where
         baseline: &Side<'_>,
         idem: &Side<'_>,
     ) -> (Stats, Stats) {
+        if !DB::SQL.maintenance.is_empty() {
+            DB::exec(self.pool, DB::SQL.maintenance).await;
+        }
         compare(&timing, self.mode.tasks, self.count, baseline, idem).await
     }
 
