@@ -755,3 +755,96 @@ dropped_connection!(
     "KILL {}",
     "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE ID = {}"
 );
+
+/// Handlers are `&self` because idem runs the whole transaction again
+/// after a serialization failure: two SERIALIZABLE payments whose handlers
+/// each count the charges and then add one (write skew) cannot both
+/// commit. PostgreSQL fails one handler's INSERT with 40001; the handler
+/// hands it back (`transient`), idem rolls the attempt back, applies the
+/// transition again and runs the handler again: both invoices end paid
+/// with exactly one charge each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_a_conflict_in_the_handlers_own_statement_is_retried_with_the_transition() {
+    use idem_sqlx::{Backend, ErrorKind};
+    let Some(pool) = sqlx::Postgres::pool(2).await else {
+        return;
+    };
+    setup(&pool).await;
+    invoice(&pool, 1, "issued").await;
+    invoice(&pool, 2, "issued").await;
+    let serializable = sqlx::Postgres::pool_with_isolation(&pool, 2, "SERIALIZABLE").await;
+
+    /// Counts the charges, waits until both first runs counted, adds one.
+    struct CountThenCharge {
+        runs: AtomicUsize,
+        both_counted: tokio::sync::Barrier,
+    }
+
+    #[async_trait]
+    impl TransitionHandler<Invoice, sqlx::Postgres, i64> for CountThenCharge {
+        type Error = sqlx::Error;
+
+        async fn on_applied(
+            &self,
+            conn: &mut sqlx::PgConnection,
+            change: Change<'_, Invoice, i64>,
+        ) -> Result<(), sqlx::Error> {
+            let run = self.runs.fetch_add(1, Ordering::SeqCst) + 1;
+            let _: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM charges")
+                .fetch_one(&mut *conn)
+                .await?;
+            if run <= 2 {
+                self.both_counted.wait().await;
+            }
+            sqlx::query("INSERT INTO charges (invoice_id, amount) VALUES ($1, 100)")
+                .bind(*change.key)
+                .execute(&mut *conn)
+                .await?;
+            Ok(())
+        }
+
+        fn transient(&self, error: sqlx::Error) -> Result<sqlx::Error, sqlx::Error> {
+            match sqlx::Postgres::error_kind(&error) {
+                ErrorKind::Transient => Ok(error),
+                _ => Err(error),
+            }
+        }
+    }
+
+    let handler = Arc::new(CountThenCharge {
+        runs: AtomicUsize::new(0),
+        both_counted: tokio::sync::Barrier::new(2),
+    });
+    let rec = Recorder::default();
+    let tasks: Vec<_> = [1i64, 2]
+        .into_iter()
+        .map(|id| {
+            let (pool, handler, rec) = (serializable.clone(), handler.clone(), rec.clone());
+            tokio::spawn(async move {
+                rec.record(Invoice::pay().apply_with(&pool, id, &*handler))
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
+    for task in tasks {
+        assert_eq!(
+            task.await.unwrap(),
+            Outcome::Applied {
+                from: Invoice::Issued,
+                to: Invoice::Paid
+            }
+        );
+    }
+    assert_eq!(rec.retries(), 1, "one of the two ran again");
+    assert_eq!(handler.runs.load(Ordering::SeqCst), 3);
+    for id in [1, 2] {
+        let charges = sqlx::Postgres::count(
+            &pool,
+            &format!("SELECT COUNT(*) FROM charges WHERE invoice_id = {id}"),
+        )
+        .await;
+        assert_eq!(charges, 1, "invoice {id}");
+        assert_eq!(history(&pool, id).await, ["pay:issued->paid"]);
+    }
+}

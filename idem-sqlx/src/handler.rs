@@ -52,4 +52,53 @@ pub trait TransitionHandler<S: State, DB: Backend, K: Key<DB>>: Send + Sync {
         conn: &mut DB::Connection,
         change: Change<'_, S, K>,
     ) -> Result<(), Self::Error>;
+
+    /// Hands back the database error inside `error` when it is a transient
+    /// conflict (serialization failure, deadlock, busy database) hit by the
+    /// handler's own statements, so that
+    /// [`apply_with`](crate::TransitionExt::apply_with) rolls back and runs
+    /// the whole transaction again — the transition and the handler — as it
+    /// does for idem's own statements; inside a caller's transaction it
+    /// surfaces as [`Error::Retryable`](crate::Error::Retryable). Every
+    /// other error goes back unchanged and ends the call as
+    /// [`HandlerError::Handler`](crate::HandlerError::Handler).
+    ///
+    /// The default treats every handler error as final. A handler whose
+    /// error is `sqlx::Error` opts in with [`Backend::error_kind`]:
+    ///
+    /// ```
+    /// use async_trait::async_trait;
+    /// use idem_core::{Change, State};
+    /// use idem_sqlx::{Backend, ErrorKind, TransitionHandler};
+    /// use sqlx::{Sqlite, SqliteConnection};
+    ///
+    /// struct RecordPayment;
+    ///
+    /// #[async_trait]
+    /// impl<S: State> TransitionHandler<S, Sqlite, i64> for RecordPayment {
+    ///     type Error = sqlx::Error;
+    ///
+    ///     async fn on_applied(
+    ///         &self,
+    ///         conn: &mut SqliteConnection,
+    ///         change: Change<'_, S, i64>,
+    ///     ) -> Result<(), sqlx::Error> {
+    ///         sqlx::query("INSERT INTO payments (invoice_id) VALUES (?)")
+    ///             .bind(*change.key)
+    ///             .execute(conn)
+    ///             .await?;
+    ///         Ok(())
+    ///     }
+    ///
+    ///     fn transient(&self, error: sqlx::Error) -> Result<sqlx::Error, sqlx::Error> {
+    ///         match Sqlite::error_kind(&error) {
+    ///             ErrorKind::Transient => Ok(error),
+    ///             _ => Err(error),
+    ///         }
+    ///     }
+    /// }
+    /// ```
+    fn transient(&self, error: Self::Error) -> Result<sqlx::Error, Self::Error> {
+        Err(error)
+    }
 }

@@ -300,7 +300,10 @@ where
         handler
             .on_applied(conn, change)
             .await
-            .map_err(Failure::Handler)?;
+            .map_err(|error| match handler.transient(error) {
+                Ok(conflict) => Failure::Db(conflict),
+                Err(error) => Failure::Handler(error),
+            })?;
     }
     Ok(outcome)
 }
