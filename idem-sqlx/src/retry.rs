@@ -173,3 +173,42 @@ where
 /// The `tracing` target of the event logged before each retry (one event
 /// per retry), so operators and tests can count retries.
 pub const RETRY_TARGET: &str = "idem_sqlx::retry";
+
+/// Runs `operation` — one or more statements outside a transaction idem
+/// owns, each safe to send again (the key store's claim, complete, release
+/// and purge) — again after a jittered backoff while it fails with a
+/// transient conflict ([`Error::Retryable`]: a deadlock or lock timeout on
+/// MySQL, a busy SQLite), up to `policy.max_attempts`. Each retry logs one
+/// event at [`RETRY_TARGET`].
+pub(crate) async fn retry_transient<T, F, Fut>(
+    policy: &RetryPolicy,
+    mut operation: F,
+) -> Result<T, Error>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, Error>>,
+{
+    let mut attempt = 0u32;
+    loop {
+        attempt += 1;
+        let error = match operation().await {
+            Err(Error::Retryable(error)) => error,
+            other => return other,
+        };
+        if attempt >= policy.max_attempts.max(1) {
+            return Err(Error::RetriesExhausted {
+                attempts: attempt,
+                source: error,
+            });
+        }
+        let delay = policy.delay(attempt);
+        tracing::debug!(
+            target: RETRY_TARGET,
+            attempt,
+            ?delay,
+            %error,
+            "transient conflict: retrying the statement"
+        );
+        tokio::time::sleep(delay).await;
+    }
+}

@@ -205,8 +205,9 @@ impl<B: sqlx::Database> Clone for SqlKeyStore<B> {
 }
 
 impl<B: sqlx::Database> SqlKeyStore<B> {
-    /// A store on `pool`, retrying transient conflicts of
-    /// [`run_once`](SqlKeyStore::run_once) with the default
+    /// A store on `pool`, retrying transient conflicts (deadlocks, lock
+    /// timeouts, a busy SQLite) of every [`KeyStore`](idem_core::keys::KeyStore)
+    /// call and of [`run_once`](SqlKeyStore::run_once) with the default
     /// [`RetryPolicy`].
     pub fn new(pool: sqlx::Pool<B>) -> Self {
         SqlKeyStore {
@@ -215,8 +216,9 @@ impl<B: sqlx::Database> SqlKeyStore<B> {
         }
     }
 
-    /// Sets how transactions of [`run_once`](SqlKeyStore::run_once) are
-    /// retried on serialization failures, deadlocks and a busy database.
+    /// Sets how the store's calls and the transactions of
+    /// [`run_once`](SqlKeyStore::run_once) are retried on serialization
+    /// failures, deadlocks and a busy database.
     pub fn with_retry(mut self, retry: RetryPolicy) -> Self {
         self.retry = retry;
         self

@@ -14,7 +14,7 @@ use idem_core::keys::{
 };
 
 use super::{KeyBackend, Once, SqlKeyStore};
-use crate::retry::{run_transaction, Failure};
+use crate::retry::{retry_transient, run_transaction, Failure};
 use crate::schema::install_scripts;
 use crate::{Error, HandlerError};
 
@@ -325,8 +325,11 @@ impl<B: KeyBackend> KeyStore for SqlKeyStore<B> {
         fingerprint: &Fingerprint,
         lease: Duration,
     ) -> Result<Claim, Error> {
-        let mut conn = self.pool.acquire().await.map_err(Error::Database)?;
-        B::claim_on(&mut conn, scope, key, fingerprint, lease).await
+        retry_transient(&self.retry, || async {
+            let mut conn = self.pool.acquire().await.map_err(Error::Database)?;
+            B::claim_on(&mut conn, scope, key, fingerprint, lease).await
+        })
+        .await
     }
 
     async fn complete(
@@ -334,18 +337,27 @@ impl<B: KeyBackend> KeyStore for SqlKeyStore<B> {
         lease: &Lease,
         response: &StoredResponse,
     ) -> Result<Completion, Error> {
-        let mut conn = self.pool.acquire().await.map_err(Error::Database)?;
-        B::complete_on(&mut conn, lease, response).await
+        retry_transient(&self.retry, || async {
+            let mut conn = self.pool.acquire().await.map_err(Error::Database)?;
+            B::complete_on(&mut conn, lease, response).await
+        })
+        .await
     }
 
     async fn release(&self, lease: &Lease) -> Result<(), Error> {
-        let mut conn = self.pool.acquire().await.map_err(Error::Database)?;
-        B::release_on(&mut conn, lease).await
+        retry_transient(&self.retry, || async {
+            let mut conn = self.pool.acquire().await.map_err(Error::Database)?;
+            B::release_on(&mut conn, lease).await
+        })
+        .await
     }
 
     async fn purge(&self, retention: Duration) -> Result<u64, Error> {
-        let mut conn = self.pool.acquire().await.map_err(Error::Database)?;
-        B::purge_on(&mut conn, retention).await
+        retry_transient(&self.retry, || async {
+            let mut conn = self.pool.acquire().await.map_err(Error::Database)?;
+            B::purge_on(&mut conn, retention).await
+        })
+        .await
     }
 }
 
