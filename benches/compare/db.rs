@@ -135,6 +135,14 @@ impl Target {
     pub fn sqlite() -> Target {
         let dir = std::env::temp_dir().join("idem-bench");
         std::fs::create_dir_all(&dir).expect("create the bench's temp directory");
+        let entries = std::fs::read_dir(&dir).expect("list the bench's temp directory");
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let stem = name.split('.').next().unwrap_or_default();
+            if is_stale(stem) {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
         let path = dir.join(format!("{}.db", bench_name()));
         remove_sqlite_files(&path);
         Target::Sqlite(path)
