@@ -13,7 +13,7 @@ use async_trait::async_trait;
 use idem::keys::{
     Claim, Completion, Fingerprint, IdempotencyKey, KeyStore, MemoryStore, Scope, StoredResponse,
 };
-use idem_sqlx::keys::SqlKeyStore;
+use idem_sqlx::keys::{Once, SqlKeyStore};
 use tokio::sync::Barrier;
 
 const LONG: Duration = Duration::from_secs(30);
@@ -465,7 +465,6 @@ macro_rules! transactional {
     ($backend:ident, $db:ty) => {
         mod $backend {
             use super::*;
-            use idem_sqlx::keys::Once;
             use idem_sqlx::HandlerError;
 
             type Tx = sqlx::Transaction<'static, $db>;
@@ -699,3 +698,48 @@ clock!(
     "SET TIME ZONE '+12'",
     "SET TIME ZONE '-12'"
 );
+
+/// A serialization failure raised by the work's own statement (here on its
+/// first run) rolls the attempt back and runs the transaction again: the
+/// key, the work's write and the response commit once, and the work's
+/// error never reaches the caller.
+#[tokio::test]
+async fn a_conflict_in_transactional_work_is_retried_on_postgres() {
+    let Some(pool) = common::postgres(2).await else {
+        return;
+    };
+    let store = SqlKeyStore::new(pool.clone());
+    store.install().await.unwrap();
+    sqlx::query("CREATE TABLE effects (n INT NOT NULL)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let runs = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&runs);
+    let once = store
+        .run_once::<sqlx::Error, _>(&scope("c"), &key("conflict"), &fp("x"), move |tx| {
+            let run = counter.fetch_add(1, Ordering::SeqCst);
+            Box::pin(async move {
+                sqlx::query("INSERT INTO effects (n) VALUES (1)")
+                    .execute(&mut **tx)
+                    .await?;
+                if run == 0 {
+                    sqlx::query(
+                        "DO $$ BEGIN RAISE EXCEPTION 'injected' USING ERRCODE = '40001'; END $$",
+                    )
+                    .execute(&mut **tx)
+                    .await?;
+                }
+                Ok(StoredResponse::new(201, b"done".to_vec()))
+            })
+        })
+        .await
+        .unwrap();
+    assert!(matches!(once, Once::Ran(_)));
+    assert_eq!(runs.load(Ordering::SeqCst), 2);
+    let effects: i64 = sqlx::query_scalar("SELECT count(*) FROM effects")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(effects, 1);
+}

@@ -4,6 +4,7 @@
 //! bounds. The store itself ([`KeyStore`], `install`, `run_once`) is
 //! written once, generic over [`KeyBackend`].
 
+use std::any::Any;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,7 +17,7 @@ use idem_core::keys::{
 use super::{KeyBackend, Once, SqlKeyStore};
 use crate::retry::{retry_transient, run_transaction, Failure};
 use crate::schema::install_scripts;
-use crate::{Error, HandlerError};
+use crate::{Backend, Error, ErrorKind, HandlerError};
 
 /// How many times a claim re-runs its statements when the record vanished
 /// or its lease ran out between them, before it answers "in progress".
@@ -387,7 +388,11 @@ impl<B: KeyBackend> SqlKeyStore<B> {
     ///
     /// On a serialization failure, deadlock or busy database the
     /// whole transaction runs again (up to the store's
-    /// [`RetryPolicy`](crate::RetryPolicy)), so `work` is `Fn`.
+    /// [`RetryPolicy`](crate::RetryPolicy)), so `work` is `Fn`. That
+    /// includes conflicts of `work`'s own statements when its error
+    /// type is `sqlx::Error` (a `sqlx::Error` the backend classifies
+    /// as transient); with another error type, map such conflicts
+    /// into your error and they end the call.
     pub async fn run_once<E, F>(
         &self,
         scope: &Scope,
@@ -425,7 +430,7 @@ impl<B: KeyBackend> SqlKeyStore<B> {
                         return Err(Failure::Idem(Error::Core(idem_core::Error::KeyReused)))
                     }
                 };
-                let response = work(tx).await.map_err(Failure::Handler)?;
+                let response = work(tx).await.map_err(work_failure::<B, E>)?;
                 match B::complete_on(tx, &lease, &response).await? {
                     Completion::Stored => Ok(Once::Ran(response)),
                     Completion::LeaseLost => {
@@ -435,5 +440,22 @@ impl<B: KeyBackend> SqlKeyStore<B> {
             })
         })
         .await
+    }
+}
+
+/// A work error of [`SqlKeyStore::run_once`]: a `sqlx::Error` that is a
+/// transient conflict (serialization failure, deadlock, busy database) of
+/// the work's own statements runs the whole transaction again; anything
+/// else is the work's failure, returned as it is.
+fn work_failure<B: Backend, E: 'static>(error: E) -> Failure<E> {
+    let boxed: Box<dyn Any> = Box::new(error);
+    let boxed = match boxed.downcast::<sqlx::Error>() {
+        Ok(db) if B::error_kind(&db) == ErrorKind::Transient => return Failure::Db(*db),
+        Ok(db) => db as Box<dyn Any>,
+        Err(other) => other,
+    };
+    match boxed.downcast::<E>() {
+        Ok(error) => Failure::Handler(*error),
+        Err(_) => unreachable!("the box holds the work's own error"),
     }
 }
