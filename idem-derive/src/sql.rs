@@ -171,9 +171,11 @@ impl Parts {
         sql
     }
 
-    /// PostgreSQL: the batch. `u` numbers the keys; the update compares and
-    /// sets the state each row had in the statement's snapshot; a key given
-    /// twice is applied for its first occurrence only. A row holding a value
+    /// PostgreSQL: the batch. `u` numbers the keys (and marks each key's
+    /// first occurrence with a window function, and the result joins `upd`,
+    /// so the statement stays linear in the batch size); the update compares
+    /// and sets the state each row had in the statement's snapshot; a key
+    /// given twice is applied for its first occurrence only. A row holding a value
     /// that is no state stops the whole update: the batch fails with
     /// `UnknownState` and, being one autocommitted statement, must not have
     /// moved the other rows.
@@ -188,7 +190,8 @@ impl Parts {
             ..
         } = self;
         let mut sql = format!(
-            "WITH u AS (SELECT k, ord FROM unnest($1) WITH ORDINALITY AS x(k, ord)), \
+            "WITH u AS (SELECT k, ord, min(ord) OVER (PARTITION BY k) AS first \
+             FROM unnest($1) WITH ORDINALITY AS x(k, ord)), \
              prev AS (SELECT {key} AS k, {col} AS s FROM {tbl} WHERE {key} = ANY($1)), \
              upd AS (UPDATE {tbl} SET {set} FROM prev WHERE {tbl}.{key} = prev.k \
              AND {tbl}.{col} = prev.s AND prev.s IN ({sources}) \
@@ -206,9 +209,9 @@ impl Parts {
         }
         sql.push_str(
             " SELECT u.ord, CAST(prev.s AS TEXT) AS before, \
-             (EXISTS (SELECT 1 FROM upd WHERE upd.k = u.k) \
-             AND u.ord = (SELECT min(v.ord) FROM u AS v WHERE v.k = u.k)) AS applied \
-             FROM u LEFT JOIN prev ON prev.k = u.k ORDER BY u.ord",
+             (upd.k IS NOT NULL AND u.ord = u.first) AS applied \
+             FROM u LEFT JOIN prev ON prev.k = u.k LEFT JOIN upd ON upd.k = u.k \
+             ORDER BY u.ord",
         );
         sql
     }

@@ -48,7 +48,8 @@ fn postgres_reports_before_and_applied_and_writes_history_in_one_statement() {
     assert!(pay.apply_from.is_empty() && pay.history.is_empty() && pay.many_from.is_empty());
     assert_eq!(
         pay.many,
-        ["WITH u AS (SELECT k, ord FROM unnest($1) WITH ORDINALITY AS x(k, ord)), \
+        ["WITH u AS (SELECT k, ord, min(ord) OVER (PARTITION BY k) AS first \
+          FROM unnest($1) WITH ORDINALITY AS x(k, ord)), \
           prev AS (SELECT \"id\" AS k, \"status\" AS s FROM \"billing\".\"invoices\" WHERE \"id\" = ANY($1)), \
           upd AS (UPDATE \"billing\".\"invoices\" SET \"status\" = 'paid', \"paid_at\" = CURRENT_TIMESTAMP \
           FROM prev WHERE \"billing\".\"invoices\".\"id\" = prev.k AND \"billing\".\"invoices\".\"status\" = prev.s \
@@ -57,9 +58,9 @@ fn postgres_reports_before_and_applied_and_writes_history_in_one_statement() {
           RETURNING prev.k, prev.s), \
           hist AS (INSERT INTO \"invoice_history\" (\"entity_key\", \"transition\", \"from_state\", \"to_state\") \
           SELECT CAST(k AS TEXT), 'pay', CAST(s AS TEXT), 'paid' FROM upd) \
-          SELECT u.ord, CAST(prev.s AS TEXT) AS before, (EXISTS (SELECT 1 FROM upd WHERE upd.k = u.k) \
-          AND u.ord = (SELECT min(v.ord) FROM u AS v WHERE v.k = u.k)) AS applied \
-          FROM u LEFT JOIN prev ON prev.k = u.k ORDER BY u.ord"]
+          SELECT u.ord, CAST(prev.s AS TEXT) AS before, (upd.k IS NOT NULL AND u.ord = u.first) AS applied \
+          FROM u LEFT JOIN prev ON prev.k = u.k LEFT JOIN upd ON upd.k = u.k \
+          ORDER BY u.ord"]
     );
 }
 
