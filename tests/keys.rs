@@ -4,6 +4,7 @@
 //! set, always in CI), and the transactional mode on the three databases.
 
 mod common;
+mod transitions_support;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -742,4 +743,119 @@ async fn a_conflict_in_transactional_work_is_retried_on_postgres() {
         .await
         .unwrap();
     assert_eq!(effects, 1);
+}
+
+// ---- statements per claim ----------------------------------------------------
+
+/// The statements a claim sends, by first word, as sqlx logs them: a new
+/// key, a replay, a live lease and a reused key. PostgreSQL answers each
+/// in one statement (the upsert reads the record it collided with); MySQL
+/// and SQLite read after the insert (see the module docs of
+/// `idem_sqlx::keys` for why).
+macro_rules! statements {
+    ($test:ident, $backend:ident, new: $new:expr, replay: $replay:expr) => {
+        #[tokio::test]
+        async fn $test() {
+            let Some(Sql(store)) = $backend(1).await else {
+                return;
+            };
+            let recorder = transitions_support::Recorder::default();
+            let (s, f) = (scope("c"), fp("x"));
+            let Claim::New(lease) = recorder
+                .record(store.claim(&s, &key("counted"), &f, LONG))
+                .await
+                .unwrap()
+            else {
+                panic!("a fresh key must be new")
+            };
+            assert_eq!(recorder.take(), $new, "a new key");
+            let running = recorder
+                .record(store.claim(&s, &key("counted"), &f, LONG))
+                .await
+                .unwrap();
+            assert!(matches!(running, Claim::InProgress { .. }), "{running:?}");
+            assert_eq!(recorder.take(), $replay, "a live lease");
+            let _ = store.complete(&lease, &response(b"counted")).await.unwrap();
+            for _ in 0..3 {
+                let replay = recorder
+                    .record(store.claim(&s, &key("counted"), &f, LONG))
+                    .await
+                    .unwrap();
+                assert_eq!(replay, Claim::Replay(response(b"counted")));
+                assert_eq!(recorder.take(), $replay, "a replay");
+            }
+            let reused = recorder
+                .record(store.claim(&s, &key("counted"), &fp("y"), LONG))
+                .await
+                .unwrap();
+            assert_eq!(reused, Claim::KeyReused);
+            assert_eq!(recorder.take(), $replay, "a reused key");
+            assert_eq!(recorder.retries(), 0);
+        }
+    };
+}
+
+statements!(
+    a_replay_is_one_statement_on_postgres,
+    postgres,
+    new: ["WITH"],
+    replay: ["WITH"]
+);
+statements!(
+    a_replay_is_an_insert_and_a_read_on_mysql,
+    mysql,
+    new: ["INSERT"],
+    replay: ["INSERT", "SELECT"]
+);
+statements!(
+    a_replay_is_an_insert_and_a_read_on_sqlite,
+    sqlite,
+    new: ["INSERT"],
+    replay: ["INSERT", "SELECT"]
+);
+
+/// On PostgreSQL a claim that waited on the key's row for a concurrent
+/// inserter does not find the committed record in its statement's
+/// snapshot: it reads it with a second statement and replays it (never
+/// "new", never a second run).
+#[tokio::test]
+async fn a_claim_that_waited_for_the_inserter_reads_the_committed_response_on_postgres() {
+    use transitions_support::Locking;
+    let Some(Sql(installed)) = postgres(1).await else {
+        return;
+    };
+    // Sessions named for the schema, so `until_waiting` finds the claim.
+    let pool = sqlx::Postgres::pool_with_isolation(installed.pool(), 3, "READ COMMITTED").await;
+    let store = SqlKeyStore::new(pool.clone());
+    // Two open sessions, so the recorded claim does not log a connect.
+    let warm = (pool.acquire().await.unwrap(), pool.acquire().await.unwrap());
+    drop(warm);
+    let mut inserter = pool.begin().await.unwrap();
+    sqlx::query(
+        "INSERT INTO idem_keys (scope, idem_key, fingerprint, state, token, attempt, status, \
+         headers, body, created_at, completed_at) \
+         VALUES ($1, 'waited', $2, 'done', 1, 1, 201, '[]', 'committed', now(), now())",
+    )
+    .bind(scope("c").as_str())
+    .bind(fp("x").to_hex())
+    .execute(&mut *inserter)
+    .await
+    .unwrap();
+    let recorder = transitions_support::Recorder::default();
+    let claim = tokio::spawn({
+        let (store, recorder) = (store.clone(), recorder.clone());
+        async move {
+            recorder
+                .record(store.claim(&scope("c"), &key("waited"), &fp("x"), LONG))
+                .await
+                .unwrap()
+        }
+    });
+    transitions_support::until_waiting(&pool, 1).await;
+    inserter.commit().await.unwrap();
+    assert_eq!(
+        claim.await.unwrap(),
+        Claim::Replay(StoredResponse::new(201, b"committed".to_vec()))
+    );
+    assert_eq!(recorder.take(), ["WITH", "SELECT"]);
 }

@@ -92,15 +92,52 @@
 //!
 //! # Statements
 //!
-//! A claim of a new key is one statement on every backend (an upsert on
-//! PostgreSQL and SQLite that also takes over an expired lease, `INSERT
-//! IGNORE` on MySQL); a replay, an in-progress answer or a reused key is
-//! two (the insert, then a read — a shared locking read on MySQL); a
-//! takeover on MySQL is three. `complete`, `release` and `purge` are one
-//! each. No statement compares a time the application sent: every lease
-//! and retention is `database now ± duration`. A pool's
-//! `test_before_acquire` (on by default in sqlx) adds a ping per call; turn
-//! it off on pools that serve hot paths.
+//! What one [`claim`](idem_core::keys::KeyStore::claim) sends, by
+//! answer (a transactional [`SqlKeyStore::run_once`] adds `BEGIN` and
+//! `COMMIT` around the same statements):
+//!
+//! | answer                        | PostgreSQL | MySQL/MariaDB | SQLite |
+//! |-------------------------------|-----------:|--------------:|-------:|
+//! | new key                       | 1          | 1             | 1      |
+//! | replay                        | 1          | 2             | 2      |
+//! | in progress, reused key       | 1          | 2             | 2      |
+//! | takeover of an expired lease  | 1          | 3             | 1      |
+//!
+//! - **PostgreSQL**: one data-modifying CTE inserts the record (or takes
+//!   over an expired lease of the same fingerprint) and, only when it did
+//!   neither, reads the record it collided with, stored response and
+//!   lease time left included. When the insert had to wait for a
+//!   concurrent inserter that then committed, that record is not in the
+//!   statement's snapshot: the CTE returns nothing and a second statement
+//!   reads it (2 in that race only).
+//! - **MySQL/MariaDB**: `INSERT IGNORE`, then a shared locking read
+//!   (`LOCK IN SHARE MODE`, so a read inside a transaction sees the row it
+//!   collided with, not its snapshot), then an `UPDATE` only when that read
+//!   saw an expired lease. MySQL 8 has no `RETURNING`, and a prepared
+//!   statement is one statement, so the insert and the read cannot share a
+//!   round trip. MariaDB's `INSERT ... ON DUPLICATE KEY UPDATE ...
+//!   RETURNING` does return the stored row, but InnoDB takes the row's
+//!   exclusive lock for it even when nothing changes (every replay would
+//!   queue behind the others, inside `run_once` until commit), and the
+//!   dialect serves MySQL 8 too. Reading first (a plain read, then the
+//!   insert) would make a replay one statement and every new key two round
+//!   trips: first executions are the common case, so the insert stays
+//!   first.
+//! - **SQLite**: no data-modifying CTE, and an upsert's `RETURNING` shows
+//!   only rows it inserted or updated, so returning a completed record
+//!   means rewriting it: every replay a write behind the single writer
+//!   lock. Reading first would make a replay one statement and a new key
+//!   two; sqlx runs each SQLite statement on a worker thread, so the extra
+//!   read is not free (measured on a loaded 2-core machine, debug build:
+//!   a new key 335 µs with the upsert first, 410-430 µs with a read first;
+//!   a replay 205 µs against 95-110 µs). The upsert stays first, so the
+//!   first execution stays one statement.
+//!
+//! `complete`, `release` and `purge` are one statement each. No statement
+//! compares a time the application sent: every lease and retention is
+//! `database now ± duration`. A pool's `test_before_acquire` (on by
+//! default in sqlx) adds a ping per call; turn it off on pools that serve
+//! hot paths.
 
 mod sql;
 mod store;

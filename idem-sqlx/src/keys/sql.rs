@@ -14,6 +14,13 @@ pub(crate) struct KeySql {
     /// `INSERT IGNORE` (0 rows = the key exists); `read`, then `takeover`
     /// when the read found an expired lease.
     pub claim: &'static str,
+    /// Whether `claim` also returns the record it collided with (a row of
+    /// `NULL` attempt and `read`'s columns), so a replay needs no `read`:
+    /// PostgreSQL, whose data-modifying CTE reads the table in the same
+    /// statement. When the collided row is not in the statement's
+    /// snapshot (the insert waited for a concurrent inserter that then
+    /// committed), it returns no row and the claim falls back to `read`.
+    pub claim_reads: bool,
     /// MySQL only: takes over an expired lease of the same fingerprint,
     /// after a read saw it expired.
     pub takeover: &'static str,
@@ -53,13 +60,27 @@ CREATE TABLE IF NOT EXISTS idem_keys (
 CREATE INDEX IF NOT EXISTS idem_keys_completed_at ON idem_keys (completed_at);
 CREATE INDEX IF NOT EXISTS idem_keys_lease_until ON idem_keys (lease_until);
 ",
+    // The second branch runs only when the upsert returned nothing (a
+    // one-time filter: a new key never scans the table twice). It reads
+    // the statement's snapshot, so a record whose inserter committed while
+    // the upsert waited on it is not there: no row, and the caller reads.
     claim: "\
-INSERT INTO idem_keys AS k (scope, idem_key, fingerprint, token, lease_until, state, attempt, created_at)
-VALUES ($1, $2, $3, $4, now() + $5 * INTERVAL '1 microsecond', 'running', 1, now())
-ON CONFLICT (scope, idem_key) DO UPDATE
-SET token = EXCLUDED.token, lease_until = EXCLUDED.lease_until, attempt = k.attempt + 1
-WHERE k.state = 'running' AND k.lease_until <= now() AND k.fingerprint = EXCLUDED.fingerprint
-RETURNING attempt",
+WITH claimed AS (
+    INSERT INTO idem_keys AS k (scope, idem_key, fingerprint, token, lease_until, state, attempt, created_at)
+    VALUES ($1, $2, $3, $4, now() + $5 * INTERVAL '1 microsecond', 'running', 1, now())
+    ON CONFLICT (scope, idem_key) DO UPDATE
+    SET token = EXCLUDED.token, lease_until = EXCLUDED.lease_until, attempt = k.attempt + 1
+    WHERE k.state = 'running' AND k.lease_until <= now() AND k.fingerprint = EXCLUDED.fingerprint
+    RETURNING attempt
+)
+SELECT attempt, NULL::varchar, NULL::varchar, NULL::integer, NULL::text, NULL::bytea, NULL::bigint
+FROM claimed
+UNION ALL
+SELECT NULL, fingerprint, state, status, headers, body,
+       CAST(EXTRACT(EPOCH FROM (lease_until - now())) * 1000000 AS BIGINT)
+FROM idem_keys
+WHERE scope = $1 AND idem_key = $2 AND NOT EXISTS (SELECT 1 FROM claimed)",
+    claim_reads: true,
     takeover: "",
     read: "\
 SELECT fingerprint, state, status, headers, body,
@@ -100,6 +121,7 @@ CREATE TABLE IF NOT EXISTS idem_keys (
     claim: "\
 INSERT IGNORE INTO idem_keys (scope, idem_key, fingerprint, token, lease_until, state, attempt, created_at)
 VALUES (?, ?, ?, ?, UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND, 'running', 1, UTC_TIMESTAMP(6))",
+    claim_reads: false,
     takeover: "\
 UPDATE idem_keys
 SET token = ?, lease_until = UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND, attempt = attempt + 1
@@ -167,6 +189,7 @@ WHERE idem_keys.state = 'running' AND idem_keys.lease_until <= ",
         " AND idem_keys.fingerprint = excluded.fingerprint
 RETURNING attempt"
     ),
+    claim_reads: false,
     takeover: "",
     read: concat!(
         "SELECT fingerprint, state, status, headers, body, CAST((lease_until - ",

@@ -47,6 +47,28 @@ type Row = (
     Option<i64>,
 );
 
+/// A claim's row on PostgreSQL: the attempt it claimed, or else the
+/// record it collided with, in `read`'s columns.
+type ClaimRow = (
+    Option<i32>,
+    Option<String>,
+    Option<String>,
+    Option<i32>,
+    Option<String>,
+    Option<Vec<u8>>,
+    Option<i64>,
+);
+
+/// What a claim's insert did.
+enum Inserted {
+    /// A new record.
+    New,
+    /// An expired lease of this fingerprint, taken over.
+    TakenOver,
+    /// The key exists: the record, when the statement read it.
+    Exists(Option<Row>),
+}
+
 /// What one `read` means for a claim.
 enum Read {
     /// The record is gone (released or purged since): claim again.
@@ -100,6 +122,16 @@ fn encode_headers(response: &StoredResponse) -> String {
     serde_json::to_string(&response.headers).expect("a list of strings and bytes serializes")
 }
 
+/// The insert's answer for the `attempt` it returned: 1 is a new record,
+/// more is a lease taken over.
+fn attempted(attempt: i32) -> Inserted {
+    if attempt > 1 {
+        Inserted::TakenOver
+    } else {
+        Inserted::New
+    }
+}
+
 /// The arguments of a claim.
 pub(super) struct ClaimArgs<'a> {
     pub scope: &'a Scope,
@@ -128,17 +160,36 @@ macro_rules! sql_key_store {
 
             const SQL: &KeySql = for_dialect(<$db as Backend>::DIALECT);
 
-            /// Inserts the record: `Some(false)` when it is new. On
-            /// PostgreSQL and SQLite the same statement takes over an
-            /// expired lease of this fingerprint (`Some(true)`). `None`: the
-            /// key exists.
+            /// Inserts the record. On PostgreSQL and SQLite the same
+            /// statement takes over an expired lease of this fingerprint,
+            /// and on PostgreSQL it also reads the record it collided with.
             async fn insert(
                 conn: &mut Conn,
                 args: &ClaimArgs<'_>,
                 token: i64,
-            ) -> Result<Option<bool>, sqlx::Error> {
+            ) -> Result<Inserted, sqlx::Error> {
                 let fingerprint = args.fingerprint.to_hex();
                 let lease = micros(args.lease);
+                if SQL.claim_reads {
+                    let row: Option<ClaimRow> = sqlx::query_as(SQL.claim)
+                        .bind(args.scope.as_str())
+                        .bind(args.key.as_str())
+                        .bind(fingerprint)
+                        .bind(token)
+                        .bind(lease)
+                        .fetch_optional(&mut *conn)
+                        .await?;
+                    return match row {
+                        None => Ok(Inserted::Exists(None)),
+                        Some((Some(attempt), ..)) => Ok(attempted(attempt)),
+                        Some((None, Some(fp), Some(state), status, headers, body, left)) => Ok(
+                            Inserted::Exists(Some((fp, state, status, headers, body, left))),
+                        ),
+                        Some(_) => Err(sqlx::Error::Decode(
+                            "idem_keys: a record without fingerprint or state".into(),
+                        )),
+                    };
+                }
                 if SQL.takeover.is_empty() {
                     let attempt: Option<i32> = sqlx::query_scalar(SQL.claim)
                         .bind(args.scope.as_str())
@@ -148,7 +199,7 @@ macro_rules! sql_key_store {
                         .bind(lease)
                         .fetch_optional(&mut *conn)
                         .await?;
-                    return Ok(attempt.map(|a| a > 1));
+                    return Ok(attempt.map_or(Inserted::Exists(None), attempted));
                 }
                 let inserted = sqlx::query(SQL.claim)
                     .bind(args.scope.as_str())
@@ -159,7 +210,11 @@ macro_rules! sql_key_store {
                     .execute(&mut *conn)
                     .await?
                     .rows_affected();
-                Ok((inserted == 1).then_some(false))
+                Ok(if inserted == 1 {
+                    Inserted::New
+                } else {
+                    Inserted::Exists(None)
+                })
             }
 
             /// MySQL: takes over an expired lease of this fingerprint. Run
@@ -187,17 +242,20 @@ macro_rules! sql_key_store {
             async fn claim_on(conn: &mut Conn, args: &ClaimArgs<'_>) -> Result<Claim, Error> {
                 for _ in 0..MAX_CLAIM_ROUNDS {
                     let token = new_token();
-                    match insert(conn, args, token).await.map_err(db_error::<$db>)? {
-                        Some(false) => return Ok(Claim::New(args.lease(token))),
-                        Some(true) => return Ok(Claim::Recovered(args.lease(token))),
-                        None => {}
-                    }
-                    let row: Option<Row> = sqlx::query_as(SQL.read)
-                        .bind(args.scope.as_str())
-                        .bind(args.key.as_str())
-                        .fetch_optional(&mut *conn)
-                        .await
-                        .map_err(db_error::<$db>)?;
+                    let seen = match insert(conn, args, token).await.map_err(db_error::<$db>)? {
+                        Inserted::New => return Ok(Claim::New(args.lease(token))),
+                        Inserted::TakenOver => return Ok(Claim::Recovered(args.lease(token))),
+                        Inserted::Exists(seen) => seen,
+                    };
+                    let row: Option<Row> = match seen {
+                        Some(row) => Some(row),
+                        None => sqlx::query_as(SQL.read)
+                            .bind(args.scope.as_str())
+                            .bind(args.key.as_str())
+                            .fetch_optional(&mut *conn)
+                            .await
+                            .map_err(db_error::<$db>)?,
+                    };
                     match interpret(row, args.fingerprint)? {
                         Read::Answer(claim) => return Ok(claim),
                         // Gone since the insert: insert again.
