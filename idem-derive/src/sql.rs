@@ -276,22 +276,32 @@ impl Parts {
         )
     }
 
+    /// The batch read, in pieces around the placeholders the runtime adds.
+    /// MySQL: `CASE key WHEN ? THEN 0 ... END` numbers the rows of a locking
+    /// `IN (...)` read. SQLite: the keys are numbered in a `VALUES` list
+    /// (`(0, ?), (1, ?), ...`) joined to the table by its key, one index
+    /// probe per key, so the read stays linear in the batch size.
     fn many_read(&self) -> [String; 3] {
         let Parts {
             d, tbl, col, key, ..
         } = self;
-        let lock = match d {
-            Dialect::MySql => " LOCK IN SHARE MODE",
-            Dialect::Postgres | Dialect::Sqlite => "",
-        };
-        [
-            format!("SELECT CASE {key}"),
-            format!(
-                " END, CAST({col} AS {}) FROM {tbl} WHERE {key} IN (",
-                d.text()
-            ),
-            format!("){lock}"),
-        ]
+        match d {
+            Dialect::Sqlite => [
+                "WITH u(ord, k) AS (VALUES ".to_owned(),
+                format!(
+                    ") SELECT u.ord, CAST(t.{col} AS TEXT) FROM u JOIN {tbl} AS t ON t.{key} = u.k"
+                ),
+                String::new(),
+            ],
+            Dialect::MySql | Dialect::Postgres => [
+                format!("SELECT CASE {key}"),
+                format!(
+                    " END, CAST({col} AS {}) FROM {tbl} WHERE {key} IN (",
+                    d.text()
+                ),
+                ") LOCK IN SHARE MODE".to_owned(),
+            ],
+        }
     }
 
     fn many_from(&self, source: &str) -> String {

@@ -129,6 +129,16 @@ fn sqlite_has_a_compare_and_set_per_source_for_multi_source_transitions() {
         void.current,
         "SELECT CAST(\"status\" AS TEXT) FROM \"billing\".\"invoices\" WHERE \"id\" = ?"
     );
+    // The batch read joins a numbered VALUES list to the table by its key.
+    assert_eq!(
+        void.many,
+        [
+            "WITH u(ord, k) AS (VALUES ",
+            ") SELECT u.ord, CAST(t.\"status\" AS TEXT) FROM u \
+             JOIN \"billing\".\"invoices\" AS t ON t.\"id\" = u.k",
+            "",
+        ]
+    );
 }
 
 #[test]

@@ -1,6 +1,7 @@
 //! `apply_many` on MySQL/MariaDB and SQLite: the one place where idem
 //! assembles SQL at run time, and only the placeholder lists of a batch
-//! (`WHEN ? THEN 0 ...`, `IN (?, ?, ...)`) around compiled fragments.
+//! (MySQL: `WHEN ? THEN 0 ...`, `IN (?, ?, ...)`; SQLite: `VALUES (0, ?),
+//! (1, ?), ...`) around compiled fragments.
 //!
 //! It runs inside a transaction idem owns (retried on deadlocks): one
 //! locking read of the whole batch (MySQL: `LOCK IN SHARE MODE`; SQLite:
@@ -12,7 +13,7 @@
 //! shared locks on MySQL; the loser's transaction runs again.
 
 use futures::future::BoxFuture;
-use idem_core::{DialectSql, Outcome, State, Transition};
+use idem_core::{Dialect, DialectSql, Outcome, State, Transition};
 use sqlx::{ColumnIndex, Database, Executor, IntoArguments};
 
 use crate::backend::{db_error, parse};
@@ -62,15 +63,24 @@ where
     String: sqlx::Type<DB> + for<'r> sqlx::Decode<'r, DB>,
 {
     let mut text = String::from(sql.many[0]);
-    for (i, _) in keys.iter().enumerate() {
-        text.push_str(&format!(" WHEN ? THEN {i}"));
-    }
-    text.push_str(sql.many[1]);
-    text.push_str(&placeholders(keys.len()));
-    text.push_str(sql.many[2]);
     let mut args = DB::Arguments::default();
-    encode::<DB, K>(keys, &mut args)?;
-    encode::<DB, K>(keys, &mut args)?;
+    if DB::DIALECT == Dialect::Sqlite {
+        // `WITH u(ord, k) AS (VALUES (0, ?), (1, ?), ...) SELECT ... JOIN`
+        let rows: Vec<String> = (0..keys.len()).map(|i| format!("({i}, ?)")).collect();
+        text.push_str(&rows.join(", "));
+        text.push_str(sql.many[1]);
+        encode::<DB, K>(keys, &mut args)?;
+    } else {
+        // `SELECT CASE key WHEN ? THEN 0 ... END, state ... WHERE key IN (?, ...)`
+        for i in 0..keys.len() {
+            text.push_str(&format!(" WHEN ? THEN {i}"));
+        }
+        text.push_str(sql.many[1]);
+        text.push_str(&placeholders(keys.len()));
+        text.push_str(sql.many[2]);
+        encode::<DB, K>(keys, &mut args)?;
+        encode::<DB, K>(keys, &mut args)?;
+    }
     let rows: Vec<(i64, Option<String>)> = sqlx::query_as_with(&text, args)
         .fetch_all(&mut *conn)
         .await
