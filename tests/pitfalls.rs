@@ -95,14 +95,6 @@ macro_rules! transitions {
                 }
             }
 
-            async fn charges(pool: &Pool<DB>, id: i64) -> i64 {
-                DB::count(
-                    pool,
-                    &format!("SELECT COUNT(*) FROM charges WHERE invoice_id = {id}"),
-                )
-                .await
-            }
-
             /// AASM #241/#536: the handler's savepoint is released, then the
             /// caller's transaction rolls back (explicitly, or by being
             /// dropped): the charge and the history row must go with it. A
@@ -601,7 +593,7 @@ macro_rules! dropped_connection {
             }
 
             async fn count(pool: &Pool<DB>, sql: &str) -> i64 {
-                sqlx::query_scalar(sql).fetch_one(pool).await.unwrap()
+                DB::count(pool, sql).await
             }
 
             /// Writes a charge, then has its session killed (or not).

@@ -77,14 +77,6 @@ macro_rules! suite {
                 }
             }
 
-            async fn charges(pool: &Pool<DB>, id: i64) -> i64 {
-                DB::count(
-                    pool,
-                    &format!("SELECT COUNT(*) FROM charges WHERE invoice_id = {id}"),
-                )
-                .await
-            }
-
             #[tokio::test]
             async fn every_outcome_in_sequence() {
                 let Some(pool) = pool(2).await else { return };

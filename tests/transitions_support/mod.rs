@@ -137,6 +137,34 @@ pub trait Db: Backend + Sized {
     fn text<'a>(pool: &'a Pool<Self>, sql: &'a str) -> BoxFuture<'a, Option<String>>;
 }
 
+/// The raw-SQL helpers of [`Db`]: the same body on every backend, written
+/// once (the driver types differ, so a generic default would need a wall of
+/// executor bounds).
+macro_rules! raw_sql {
+    () => {
+        fn exec<'a>(pool: &'a Pool<Self>, sql: &'a str) -> BoxFuture<'a, ()> {
+            Box::pin(async move {
+                pool.execute(sql).await.unwrap();
+            })
+        }
+        fn count<'a>(pool: &'a Pool<Self>, sql: &'a str) -> BoxFuture<'a, i64> {
+            Box::pin(async move { sqlx::query_scalar(sql).fetch_one(pool).await.unwrap() })
+        }
+        fn text<'a>(pool: &'a Pool<Self>, sql: &'a str) -> BoxFuture<'a, Option<String>> {
+            Box::pin(async move { sqlx::query_scalar(sql).fetch_one(pool).await.unwrap() })
+        }
+    };
+}
+
+/// How many charges the `charges` table holds for invoice `id`.
+pub async fn charges<DB: Db>(pool: &Pool<DB>, id: i64) -> i64 {
+    DB::count(
+        pool,
+        &format!("SELECT COUNT(*) FROM charges WHERE invoice_id = {id}"),
+    )
+    .await
+}
+
 impl Db for Sqlite {
     const BACKEND: &'static str = "sqlite";
     const TIMESTAMP: &'static str = "TEXT";
@@ -147,17 +175,7 @@ impl Db for Sqlite {
     fn pool(max: u32) -> BoxFuture<'static, Option<Pool<Self>>> {
         Box::pin(async move { Some(common::sqlite(max).await) })
     }
-    fn exec<'a>(pool: &'a Pool<Self>, sql: &'a str) -> BoxFuture<'a, ()> {
-        Box::pin(async move {
-            pool.execute(sql).await.unwrap();
-        })
-    }
-    fn count<'a>(pool: &'a Pool<Self>, sql: &'a str) -> BoxFuture<'a, i64> {
-        Box::pin(async move { sqlx::query_scalar(sql).fetch_one(pool).await.unwrap() })
-    }
-    fn text<'a>(pool: &'a Pool<Self>, sql: &'a str) -> BoxFuture<'a, Option<String>> {
-        Box::pin(async move { sqlx::query_scalar(sql).fetch_one(pool).await.unwrap() })
-    }
+    raw_sql!();
 }
 
 impl Db for Postgres {
@@ -170,17 +188,7 @@ impl Db for Postgres {
     fn pool(max: u32) -> BoxFuture<'static, Option<Pool<Self>>> {
         Box::pin(common::postgres(max))
     }
-    fn exec<'a>(pool: &'a Pool<Self>, sql: &'a str) -> BoxFuture<'a, ()> {
-        Box::pin(async move {
-            pool.execute(sql).await.unwrap();
-        })
-    }
-    fn count<'a>(pool: &'a Pool<Self>, sql: &'a str) -> BoxFuture<'a, i64> {
-        Box::pin(async move { sqlx::query_scalar(sql).fetch_one(pool).await.unwrap() })
-    }
-    fn text<'a>(pool: &'a Pool<Self>, sql: &'a str) -> BoxFuture<'a, Option<String>> {
-        Box::pin(async move { sqlx::query_scalar(sql).fetch_one(pool).await.unwrap() })
-    }
+    raw_sql!();
 }
 
 impl Locking for Postgres {
@@ -233,17 +241,7 @@ impl Db for MySql {
     fn pool(max: u32) -> BoxFuture<'static, Option<Pool<Self>>> {
         Box::pin(common::mysql(max))
     }
-    fn exec<'a>(pool: &'a Pool<Self>, sql: &'a str) -> BoxFuture<'a, ()> {
-        Box::pin(async move {
-            pool.execute(sql).await.unwrap();
-        })
-    }
-    fn count<'a>(pool: &'a Pool<Self>, sql: &'a str) -> BoxFuture<'a, i64> {
-        Box::pin(async move { sqlx::query_scalar(sql).fetch_one(pool).await.unwrap() })
-    }
-    fn text<'a>(pool: &'a Pool<Self>, sql: &'a str) -> BoxFuture<'a, Option<String>> {
-        Box::pin(async move { sqlx::query_scalar(sql).fetch_one(pool).await.unwrap() })
-    }
+    raw_sql!();
 }
 
 impl Locking for MySql {
