@@ -247,8 +247,9 @@ fn key<K>(config: &Config<K>, headers: &HeaderMap) -> Result<IdempotencyKey, Rej
     })
 }
 
-/// Method, path with query, and body; a JSON body in canonical form, so
-/// reordered object keys are the same request.
+/// Method, path with query, and body; a JSON body in canonical form (see
+/// [`Fingerprint`]), taken from its bytes so that no number or duplicate
+/// key is merged by a parser on the way.
 fn fingerprint(parts: &Parts, body: &[u8]) -> Fingerprint {
     let method = parts.method.as_str();
     let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
@@ -263,11 +264,10 @@ fn fingerprint(parts: &Parts, body: &[u8]) -> Fingerprint {
         })
         .unwrap_or(false);
     if is_json {
-        if let Ok(value) = serde_json::from_slice(body) {
-            return Fingerprint::of_json_request(method, path, &value);
-        }
+        Fingerprint::of_json_body(method, path, body)
+    } else {
+        Fingerprint::of_request(method, path, body)
     }
-    Fingerprint::of_request(method, path, body)
 }
 
 fn stored(status: StatusCode, headers: &HeaderMap, body: &Bytes) -> StoredResponse {

@@ -242,6 +242,101 @@ async fn reordered_json_keys_are_the_same_request_and_replay() {
     assert_eq!(state.runs.load(Ordering::SeqCst), 1);
 }
 
+/// Issue 10, item 5: bodies a handler could read differently are another
+/// request (422), never a replay of the first one's response.
+#[tokio::test]
+async fn json_bodies_a_handler_could_read_differently_are_422_not_a_replay() {
+    let pairs = [
+        (
+            r#"{"amount": 18446744073709551616}"#,
+            r#"{"amount": 18446744073709551617}"#,
+        ),
+        (
+            r#"{"amount": 0.1}"#,
+            r#"{"amount": 0.1000000000000000055511151231257827}"#,
+        ),
+        (r#"{"amount": 1, "amount": 2}"#, r#"{"amount": 2}"#),
+        (r#"{"amount": 1, "amount": 2}"#, r#"{"amount": 1}"#),
+        (r#"{"amount": 2}"#, r#"{"amount": 1, "amount": 2}"#),
+        (r#"{"amount": 1}"#, r#"{"amount": 1.0}"#),
+        (r#"{"amount": 1e2}"#, r#"{"amount": 100}"#),
+        (r#"{"amount": -0}"#, r#"{"amount": 0}"#),
+        (r#"{"to": "\u00e9"}"#, r#"{"to": "e\u0301"}"#),
+        (r#"{"to": "A"}"#, r#"{"to": "\\u0041"}"#),
+        (r#"{"a":1}"#, r#"{"a":1"#),
+    ];
+    let state = AppState::default();
+    let app = app(state.clone());
+    for (n, (first, second)) in pairs.into_iter().enumerate() {
+        let key = format!("k5-{n}");
+        let (status, _, _) = send(&app, post_json("/payments", &key, first)).await;
+        assert_eq!(status, StatusCode::CREATED, "{first}");
+        let (status, headers, body) = send(&app, post_json("/payments", &key, second)).await;
+        expect_problem(status, &headers, &body, StatusCode::UNPROCESSABLE_ENTITY);
+        assert!(
+            !headers.contains_key("idempotent-replayed"),
+            "{first} then {second}"
+        );
+    }
+    assert_eq!(state.runs.load(Ordering::SeqCst), pairs.len());
+}
+
+/// Item 5, the other way: bodies every JSON parser reads as the same value
+/// replay, whatever their member order, whitespace or string escapes.
+#[tokio::test]
+async fn json_bodies_every_parser_reads_alike_replay() {
+    let pairs = [
+        (
+            r#"{"amount": 18446744073709551616, "to": "x"}"#,
+            r#"{"to":"x","amount":18446744073709551616}"#,
+        ),
+        (
+            r#"{"amount": 0.1000000000000000055511151231257827}"#,
+            "{\n\"amount\" :\t0.1000000000000000055511151231257827}",
+        ),
+        (r#"{"to": "\u0041da"}"#, r#"{"to": "Ada"}"#),
+        (r#"{"to": "\/"}"#, r#"{"to": "/"}"#),
+        (r#"{"\u0074o": "\u00e9"}"#, "{\"to\": \"\u{e9}\"}"),
+        (
+            r#"{"amount": 1, "amount": 2}"#,
+            r#"{"amount": 1, "amount": 2}"#,
+        ),
+    ];
+    let state = AppState::default();
+    let app = app(state.clone());
+    for (n, (first, second)) in pairs.into_iter().enumerate() {
+        let key = format!("k5-same-{n}");
+        let original = send(&app, post_json("/payments", &key, first)).await;
+        assert_eq!(original.0, StatusCode::CREATED, "{first}");
+        let retry = send(&app, post_json("/payments", &key, second)).await;
+        assert_eq!(retry.0, StatusCode::CREATED, "{first} then {second}");
+        assert_eq!(retry.1["idempotent-replayed"], "true");
+        assert_eq!(retry.2, original.2);
+    }
+    assert_eq!(state.runs.load(Ordering::SeqCst), pairs.len());
+}
+
+/// A JSON body nested 100,000 deep is fingerprinted (by its bytes: it is
+/// deeper than `Fingerprint::MAX_JSON_DEPTH`) without overflowing the
+/// stack, and replays like any other body.
+#[tokio::test]
+async fn a_body_nested_100_000_deep_is_fingerprinted_and_replayed() {
+    let state = AppState::default();
+    let app = app_with(
+        IdempotencyLayer::new(MemoryStore::default(), client_scope).body_limit(1 << 20),
+        state.clone(),
+    );
+    let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+    let first = send(&app, post_json("/payments", "k-deep", &deep)).await;
+    assert_eq!(first.0, StatusCode::CREATED);
+    let retry = send(&app, post_json("/payments", "k-deep", &deep)).await;
+    assert_eq!(retry.1["idempotent-replayed"], "true");
+    let other = format!("{}1{}", "[".repeat(100_000), "]".repeat(100_000));
+    let (status, headers, body) = send(&app, post_json("/payments", "k-deep", &other)).await;
+    expect_problem(status, &headers, &body, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(state.runs.load(Ordering::SeqCst), 1);
+}
+
 #[tokio::test]
 async fn a_duplicate_while_the_first_runs_gets_409_with_retry_after() {
     let state = AppState::default();

@@ -51,6 +51,7 @@
 
 use std::time::Duration;
 
+mod canonical;
 mod fingerprint;
 mod key;
 mod memory;
