@@ -91,8 +91,10 @@ pub enum Rejection {
     )]
     StoreUnavailable,
 
-    /// 500: the handler's response body failed while it was being stored;
-    /// the key was released.
+    /// 500: the handler panicked, or its response body failed or panicked
+    /// while it was being stored. Nothing was stored and the key was
+    /// released, so a retry runs again (when the server is shutting down
+    /// the key may instead stay claimed until its lease expires).
     #[error(
         "The server failed while producing its response and did not record it: retry with the \
          same idempotency key."

@@ -65,13 +65,30 @@
 //! (`application/json`, `*/*+json`) in canonical form, so reordered object
 //! keys are the same request. The same key with another fingerprint is 422.
 //!
-//! # Crashes and slow handlers
+//! # Hang-ups, panics, crashes and slow handlers
 //!
-//! A request holds its key for a lease (60 s by default). If it dies (the
-//! process crashes, or the client disconnects and the handler is dropped),
-//! the key stays claimed until the lease expires; then the next retry runs
-//! it, and the handler sees [`ClaimedKey::recovered`] set: the first run's
-//! outcome is uncertain. Choose a lease longer than your slowest handler.
+//! Once a request has claimed its key, the layer runs the handler, reads
+//! its response body and stores the response on a task of its own (on
+//! the current tokio runtime): a client that hangs up mid-request — hyper
+//! then drops the request's future — does not cut the work short, and its
+//! retry gets the stored response. Outside a tokio runtime the layer runs
+//! in place and has no such protection.
+//!
+//! A handler that panics (or whose response body panics) gets the client
+//! a 500 problem ([`Rejection::ResponseFailed`]); the key is released and
+//! nothing is stored, as for any 5xx, so the retry runs again. The panic
+//! stays inside that task: the process and other requests go on.
+//!
+//! A request holds its key for a lease (60 s by default). If the process
+//! dies, the key stays claimed until the lease expires; then the next
+//! retry runs it, and the handler sees [`ClaimedKey::recovered`] set: the
+//! first run's outcome is uncertain. Choose a lease longer than your
+//! slowest handler.
+//!
+//! # Bounds
+//!
+//! The layer reads at most the body limit (2 MiB by default) of each
+//! request; no message it sends back echoes a value the client sent.
 
 mod error;
 pub mod future;

@@ -366,6 +366,72 @@ async fn a_duplicate_while_the_first_runs_gets_409_with_retry_after() {
     assert_eq!(state.runs.load(Ordering::SeqCst), 1);
 }
 
+/// Dropping the layer's future after the key was claimed (what hyper does
+/// when the client hangs up) does not drop the work: the handler finishes,
+/// its response is stored and the retry replays it. Over a real socket:
+/// `tests/tcp.rs`.
+#[tokio::test]
+async fn a_dropped_request_future_still_runs_its_claimed_work_to_the_stored_response() {
+    let state = AppState::default();
+    let app = app(state.clone());
+    let first = tokio::spawn({
+        let app = app.clone();
+        async move {
+            send(
+                &app,
+                request("/slow", "k-drop").body(Body::empty()).unwrap(),
+            )
+            .await
+        }
+    });
+    while state.runs.load(Ordering::SeqCst) == 0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    first.abort();
+    assert!(first.await.unwrap_err().is_cancelled());
+    state.gate.notify_one();
+    // The handler finishes at once; the key is in progress until then.
+    let mut retry = send(
+        &app,
+        request("/slow", "k-drop").body(Body::empty()).unwrap(),
+    )
+    .await;
+    for _ in 0..200 {
+        if retry.0 != StatusCode::CONFLICT {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        retry = send(
+            &app,
+            request("/slow", "k-drop").body(Body::empty()).unwrap(),
+        )
+        .await;
+    }
+    assert_eq!(retry.1["idempotent-replayed"], "true");
+    assert_eq!(retry.2, "slow run 1");
+    assert_eq!(state.runs.load(Ordering::SeqCst), 1);
+}
+
+/// Outside a tokio runtime the layer cannot hand the work to a task: it
+/// runs the protocol in place (and says so in its docs).
+#[test]
+fn outside_a_tokio_runtime_the_layer_runs_in_place() {
+    let state = AppState::default();
+    let app = app(state.clone());
+    let call = |app: &Router| {
+        let response = futures::executor::block_on(app.clone().oneshot(post_json(
+            "/payments",
+            "k-no-rt",
+            r#"{"amount":1}"#,
+        )))
+        .unwrap();
+        response.headers().contains_key("idempotent-replayed")
+    };
+    assert!(!call(&app));
+    assert!(call(&app));
+    assert_eq!(state.runs.load(Ordering::SeqCst), 1);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn thirty_two_concurrent_duplicates_run_the_handler_once() {
     let state = AppState::default();
