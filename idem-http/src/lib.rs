@@ -52,7 +52,9 @@
 //! | 409 + `Retry-After` | a request with the key is still running |
 //! | 413 | the body is larger than the limit |
 //! | 422 | the key was used with another request (method, path, query or body) |
-//! | 503 | the key store failed; the request did not run |
+//! | 429 + `Retry-After` | this client holds as many keys as the store keeps for one client ([`idem_core::Error::TooManyKeys`]); the request did not run, other clients are served |
+//! | 500 | the handler panicked, or its response body failed; nothing stored, the key released |
+//! | 503 | the key store failed, or is full (then with `Retry-After`); the request did not run |
 //!
 //! Every error is `application/problem+json` ([`Rejection`]). Responses
 //! with 5xx, 408 or 429 are not stored and release the key
@@ -62,8 +64,13 @@
 //! # What is fingerprinted
 //!
 //! The method, the path with its query, and the body — JSON bodies
-//! (`application/json`, `*/*+json`) in canonical form, so reordered object
-//! keys are the same request. The same key with another fingerprint is 422.
+//! (`application/json`, `*/*+json`) in canonical form, taken from the
+//! body's bytes: reordered members, whitespace and string escapes are the
+//! same request, while numbers are compared by their exact text and a body
+//! with a duplicate key matches only itself, so two bodies a handler could
+//! read differently never share a fingerprint
+//! ([`Fingerprint`](idem_core::keys::Fingerprint) gives the rule). The same
+//! key with another fingerprint is 422.
 //!
 //! # Hang-ups, panics, crashes and slow handlers
 //!
@@ -88,7 +95,10 @@
 //! # Bounds
 //!
 //! The layer reads at most the body limit (2 MiB by default) of each
-//! request; no message it sends back echoes a value the client sent.
+//! request; no message it sends back echoes a value the client sent. A
+//! store's bound on one client is answered 429 with `Retry-After`, so one
+//! client filling its share never locks the others out (see
+//! [`MemoryStore`](idem_core::keys::MemoryStore) for its numbers).
 
 mod error;
 pub mod future;

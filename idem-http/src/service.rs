@@ -431,8 +431,28 @@ async fn complete<K: KeyStore>(config: &Config<K>, lease: &Lease, response: Stor
     }
 }
 
-/// The answer to a key store that failed to claim.
-fn store_failed<E: std::error::Error>(error: &E) -> Rejection {
+/// The answer to a key store that refused or failed to claim: a client
+/// over its share is 429 and a full store 503, both with `Retry-After`;
+/// any other failure is 503.
+fn store_failed<E: std::error::Error + 'static>(error: &E) -> Rejection {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(error) = cause {
+        match error.downcast_ref::<idem_core::Error>() {
+            Some(idem_core::Error::TooManyKeys { retry_after, .. }) => {
+                tracing::debug!(%error, "a client is over its share of the idempotency key store");
+                return Rejection::TooManyKeys {
+                    retry_after: *retry_after,
+                };
+            }
+            Some(idem_core::Error::KeyStoreFull { retry_after, .. }) => {
+                tracing::warn!(%error, "the idempotency key store is full");
+                return Rejection::StoreFull {
+                    retry_after: *retry_after,
+                };
+            }
+            _ => cause = error.source(),
+        }
+    }
     tracing::error!(%error, "idempotency key store failed to claim a key");
     Rejection::StoreUnavailable
 }

@@ -825,3 +825,95 @@ async fn with_an_optional_key_a_malformed_or_repeated_key_is_still_400() {
     }
     assert_eq!(state.runs.load(Ordering::SeqCst), 0);
 }
+
+fn as_client(client: &str, key: &str) -> Request<Body> {
+    Request::post("/payments")
+        .header("x-client-id", client)
+        .header("idempotency-key", key)
+        .body(Body::from("amount=1"))
+        .unwrap()
+}
+
+/// Issue 10, item 9, exactly: over `MemoryStore::default()`, client A sends
+/// 10,000 requests with distinct keys, then client B sends its first. A
+/// gets 429 with `Retry-After` once over its share (1,000), and nothing runs
+/// for those; B's handler runs. A's earlier keys still replay.
+#[tokio::test]
+async fn one_client_flooding_the_default_store_gets_429_and_another_client_is_served() {
+    let state = AppState::default();
+    let app = app_with(
+        IdempotencyLayer::new(MemoryStore::default(), client_scope),
+        state.clone(),
+    );
+    let mut refused = 0;
+    for n in 0..10_000 {
+        let (status, headers, body) = send(&app, as_client("client-a", &format!("a-{n}"))).await;
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            let problem = expect_problem(status, &headers, &body, StatusCode::TOO_MANY_REQUESTS);
+            assert_eq!(problem["title"], "Too many idempotency keys");
+            let retry_after: u64 = headers["retry-after"].to_str().unwrap().parse().unwrap();
+            // A's oldest record expires a day after it completed.
+            assert!((86_000..=86_400).contains(&retry_after), "{retry_after}");
+            refused += 1;
+        } else {
+            assert_eq!(status, StatusCode::CREATED, "request {n}: {body:?}");
+        }
+    }
+    assert_eq!(refused, 9_000);
+    assert_eq!(state.runs.load(Ordering::SeqCst), 1_000);
+
+    let (status, headers, _) = send(&app, as_client("client-b", "b-1")).await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert!(!headers.contains_key("idempotent-replayed"));
+    assert_eq!(state.runs.load(Ordering::SeqCst), 1_001);
+    let replay = send(&app, as_client("client-a", "a-0")).await;
+    assert_eq!(replay.1["idempotent-replayed"], "true");
+}
+
+/// A 429 is not stored: once the client's records expire (no purge), the
+/// same key runs.
+#[tokio::test]
+async fn a_429_is_not_stored_and_expired_records_make_room_by_themselves() {
+    let state = AppState::default();
+    let retention = Duration::from_millis(300);
+    let store = MemoryStore::new(100)
+        .with_client_limit(2)
+        .with_retention(retention);
+    let app = app_with(IdempotencyLayer::new(store, client_scope), state.clone());
+    for key in ["a-1", "a-2"] {
+        assert_eq!(send(&app, as_client("a", key)).await.0, StatusCode::CREATED);
+    }
+    let (status, headers, _) = send(&app, as_client("a", "a-3")).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(headers["retry-after"], "1");
+    tokio::time::sleep(retention + Duration::from_millis(100)).await;
+    let (status, headers, _) = send(&app, as_client("a", "a-3")).await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert!(!headers.contains_key("idempotent-replayed"));
+    assert_eq!(state.runs.load(Ordering::SeqCst), 3);
+}
+
+/// More clients than the store was sized for: a claim of a new key is 503
+/// with `Retry-After` (nothing runs) until records expire; stored
+/// responses still replay.
+#[tokio::test]
+async fn a_store_full_of_live_records_is_503_with_retry_after() {
+    let state = AppState::default();
+    let store = MemoryStore::new(4).with_client_limit(2);
+    let app = app_with(IdempotencyLayer::new(store, client_scope), state.clone());
+    for (client, key) in [("a", "1"), ("a", "2"), ("b", "1"), ("b", "2")] {
+        assert_eq!(
+            send(&app, as_client(client, key)).await.0,
+            StatusCode::CREATED
+        );
+    }
+    let (status, headers, body) = send(&app, as_client("c", "1")).await;
+    let problem = expect_problem(status, &headers, &body, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(problem["title"], "Idempotency store full");
+    assert!(headers.contains_key("retry-after"));
+    assert_eq!(
+        send(&app, as_client("a", "1")).await.1["idempotent-replayed"],
+        "true"
+    );
+    assert_eq!(state.runs.load(Ordering::SeqCst), 4);
+}
