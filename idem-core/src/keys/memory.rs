@@ -283,7 +283,9 @@ impl KeyStore for MemoryStore {
         let claim = match records.map.get(&id) {
             None => {
                 let (held, first) = records.client(scope.client());
-                let until = |at: Option<Instant>| at.map_or(Duration::ZERO, |at| at - now);
+                let until = |at: Option<Instant>| {
+                    at.map_or(Duration::ZERO, |at| at.saturating_duration_since(now))
+                };
                 if held >= self.client_limit() {
                     return Err(Error::TooManyKeys {
                         limit: self.client_limit(),
