@@ -188,7 +188,10 @@ mod memory {
         };
         let event = id("evt-1");
         let failed = inbox.process(&event, || effects.record(&event)).await;
-        assert!(matches!(failed, Err(Failure::Injected)));
+        assert!(matches!(
+            failed,
+            Err(idem::inbox::ProcessError::Handler(Failure::Injected))
+        ));
         assert!(!inbox.is_processed(&event));
         let redelivered = inbox.process(&event, || effects.record(&event)).await;
         assert!(matches!(redelivered, Ok(Delivery::Processed(2))));
@@ -256,7 +259,10 @@ mod memory {
         let waiting = [deliver(), deliver()];
         tokio::time::sleep(Duration::from_millis(200)).await;
         pause.release.add_permits(3);
-        assert!(matches!(first.await.unwrap(), Err(Failure::Injected)));
+        assert!(matches!(
+            first.await.unwrap(),
+            Err(idem::inbox::ProcessError::Handler(Failure::Injected))
+        ));
         let mut outcomes = Vec::new();
         for task in waiting {
             outcomes.push(task.await.unwrap().unwrap().is_processed());

@@ -1,3 +1,4 @@
+use std::fmt::{self, Write as _};
 use std::time::Duration;
 
 /// Everything that can go wrong in idem's core protocols.
@@ -9,14 +10,18 @@ use std::time::Duration;
 pub enum Error {
     /// A stored value is no state of the enum (a row written by other code,
     /// or a variant that was removed).
+    ///
+    /// The message shows at most the first 64 bytes of the value
+    /// ([`Excerpt`]); the `value` field holds all of it.
     #[error(
-        "`{value}` is not a state of {type_name}: the column holds a value the enum does not know \
-         (add the variant or a `rename`, or correct the row)"
+        "`{}` is not a state of {type_name}: the column holds a value the enum does not know \
+         (add the variant or a `rename`, or correct the row)",
+        Excerpt(value)
     )]
     UnknownState {
         /// The enum's name.
         type_name: &'static str,
-        /// The value found.
+        /// The value found, whole.
         value: String,
     },
 
@@ -74,14 +79,46 @@ pub enum Error {
     )]
     LeaseLost,
 
-    /// A bounded in-memory key store holds as many records as it may.
+    /// A bounded in-memory key store holds as many live records as it may,
+    /// from more clients than it was sized for (HTTP 503 with
+    /// `Retry-After`).
     #[error(
-        "the in-memory key store is full ({capacity} records): purge completed records \
-         more often or create the store with a larger capacity"
+        "the in-memory key store is full ({capacity} records, none expired): retry after \
+         {retry_after:?}, or size the store for the number of clients (capacity = clients \
+         \u{d7} per-client limit)"
     )]
     KeyStoreFull {
         /// The store's capacity.
         capacity: usize,
+        /// When its first record is due to expire.
+        retry_after: Duration,
+    },
+
+    /// This client holds as many idempotency records as one client may in
+    /// this store (HTTP 429 with `Retry-After`). Other clients are served.
+    #[error(
+        "this client holds {limit} idempotency keys that have not expired, the most one client \
+         may hold: retry after {retry_after:?}, or raise the store's per-client limit"
+    )]
+    TooManyKeys {
+        /// The per-client limit.
+        limit: usize,
+        /// When this client's first record is due to expire.
+        retry_after: Duration,
+    },
+
+    /// An inbox consumer holds as many markers as it may; other consumers
+    /// are not affected. The delivery was not processed: redeliver it
+    /// later.
+    #[error(
+        "this inbox consumer holds {capacity} markers inside its window, the most it may: \
+         redeliver after {retry_after:?}, or raise its capacity"
+    )]
+    InboxFull {
+        /// The consumer's capacity.
+        capacity: usize,
+        /// When its first marker leaves the window.
+        retry_after: Duration,
     },
 
     /// An event id that is empty, longer than 255 bytes or contains a
@@ -105,4 +142,96 @@ pub enum Error {
         /// What is wrong with it.
         reason: &'static str,
     },
+}
+
+impl Error {
+    /// How long to wait before trying again, for the errors that say so
+    /// (`InProgress`, `KeyStoreFull`, `TooManyKeys`, `InboxFull`).
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Error::InProgress { retry_after }
+            | Error::KeyStoreFull { retry_after, .. }
+            | Error::TooManyKeys { retry_after, .. }
+            | Error::InboxFull { retry_after, .. } => Some(*retry_after),
+            _ => None,
+        }
+    }
+}
+
+/// A value a client or a row controls, shown in a message: at most its
+/// first 64 bytes (cut at a character boundary) followed by
+/// `… (N bytes)` when it is longer, with control characters escaped, so a
+/// 10 MiB value never makes a 10 MiB message or log line.
+///
+/// ```
+/// use idem_core::Excerpt;
+///
+/// assert_eq!(Excerpt("paid").to_string(), "paid");
+/// assert_eq!(Excerpt("a\nb").to_string(), "a\\nb");
+/// let long = "x".repeat(10 << 20);
+/// assert_eq!(Excerpt(&long).to_string(), format!("{}… (10485760 bytes)", "x".repeat(64)));
+/// ```
+#[derive(Debug, Clone, Copy)]
+pub struct Excerpt<'a>(pub &'a str);
+
+impl Excerpt<'_> {
+    /// The most bytes of the value shown.
+    pub const MAX: usize = 64;
+}
+
+impl fmt::Display for Excerpt<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let value = self.0;
+        let mut end = value.len().min(Self::MAX);
+        while !value.is_char_boundary(end) {
+            end -= 1;
+        }
+        for c in value[..end].chars() {
+            if c.is_control() {
+                write!(f, "{}", c.escape_default())?;
+            } else {
+                f.write_char(c)?;
+            }
+        }
+        if end < value.len() {
+            write!(f, "… ({} bytes)", value.len())?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unknown_state_of_10_mib_makes_a_short_message_and_keeps_the_value() {
+        let value = "é".repeat(5 << 20);
+        let error = Error::UnknownState {
+            type_name: "Invoice",
+            value: value.clone(),
+        };
+        let message = error.to_string();
+        assert!(message.len() < 300, "{} bytes", message.len());
+        assert!(message.contains(&format!("{}… (10485760 bytes)", "é".repeat(32))));
+        assert!(matches!(error, Error::UnknownState { value: v, .. } if v == value));
+        let short = Error::UnknownState {
+            type_name: "Invoice",
+            value: "archived".into(),
+        };
+        assert!(short
+            .to_string()
+            .starts_with("`archived` is not a state of Invoice"));
+    }
+
+    #[test]
+    fn an_excerpt_cuts_at_a_character_boundary_and_escapes_control_characters() {
+        let text = format!("{}é", "x".repeat(63));
+        assert_eq!(
+            Excerpt(&text).to_string(),
+            format!("{}… (65 bytes)", "x".repeat(63))
+        );
+        assert_eq!(Excerpt("a\u{0}\r\n").to_string(), "a\\u{0}\\r\\n");
+        assert_eq!(Excerpt("").to_string(), "");
+    }
 }

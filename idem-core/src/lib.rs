@@ -45,7 +45,7 @@ mod state;
 mod transition;
 
 pub use change::Change;
-pub use error::Error;
+pub use error::{Error, Excerpt};
 pub use outcome::Outcome;
 pub use sql::{Dialect, DialectSql, TransitionSql};
 pub use state::{State, Table};

@@ -91,8 +91,35 @@ pub enum Rejection {
     )]
     StoreUnavailable,
 
-    /// 500: the handler's response body failed while it was being stored;
-    /// the key was released.
+    /// 429: this client holds as many idempotency keys as one client may
+    /// in the store; nothing ran. Other clients are served.
+    #[error(
+        "This client has as many idempotency keys in progress or stored as the server keeps for \
+         one client, so the request was not processed: retry after {} second(s), when its \
+         oldest key is due to expire.",
+        retry_after_secs(*.retry_after)
+    )]
+    TooManyKeys {
+        /// When the client's oldest record is due to expire.
+        retry_after: Duration,
+    },
+
+    /// 503: the key store is full of records that have not expired, from
+    /// more clients than it was sized for; nothing ran.
+    #[error(
+        "The server's idempotency store is full, so the request was not processed: retry after \
+         {} second(s) with the same key.",
+        retry_after_secs(*.retry_after)
+    )]
+    StoreFull {
+        /// When the store's first record is due to expire.
+        retry_after: Duration,
+    },
+
+    /// 500: the handler panicked, or its response body failed or panicked
+    /// while it was being stored. Nothing was stored and the key was
+    /// released, so a retry runs again (when the server is shutting down
+    /// the key may instead stay claimed until its lease expires).
     #[error(
         "The server failed while producing its response and did not record it: retry with the \
          same idempotency key."
@@ -115,8 +142,22 @@ impl Rejection {
             Rejection::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Rejection::InProgress { .. } => StatusCode::CONFLICT,
             Rejection::KeyReused => StatusCode::UNPROCESSABLE_ENTITY,
-            Rejection::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Rejection::TooManyKeys { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Rejection::StoreUnavailable | Rejection::StoreFull { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Rejection::ResponseFailed => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// How long the client should wait before retrying, when the answer
+    /// says so (sent as `Retry-After`, in whole seconds rounded up).
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Rejection::InProgress { retry_after }
+            | Rejection::TooManyKeys { retry_after }
+            | Rejection::StoreFull { retry_after } => Some(*retry_after),
+            _ => None,
         }
     }
 
@@ -131,6 +172,8 @@ impl Rejection {
             Rejection::InProgress { .. } => "Request in progress",
             Rejection::KeyReused => "Idempotency key reused",
             Rejection::StoreUnavailable => "Idempotency store unavailable",
+            Rejection::TooManyKeys { .. } => "Too many idempotency keys",
+            Rejection::StoreFull { .. } => "Idempotency store full",
             Rejection::ResponseFailed => "Response failed",
         }
     }
@@ -146,12 +189,15 @@ impl Rejection {
             Rejection::InProgress { .. } => concat!(docs!(), "InProgress"),
             Rejection::KeyReused => concat!(docs!(), "KeyReused"),
             Rejection::StoreUnavailable => concat!(docs!(), "StoreUnavailable"),
+            Rejection::TooManyKeys { .. } => concat!(docs!(), "TooManyKeys"),
+            Rejection::StoreFull { .. } => concat!(docs!(), "StoreFull"),
             Rejection::ResponseFailed => concat!(docs!(), "ResponseFailed"),
         }
     }
 
-    /// The `application/problem+json` response (with `Retry-After` for
-    /// [`Rejection::InProgress`]).
+    /// The `application/problem+json` response, with `Retry-After` for
+    /// [`Rejection::InProgress`], [`Rejection::TooManyKeys`] and
+    /// [`Rejection::StoreFull`].
     pub fn into_response(self) -> Response<Full<Bytes>> {
         let body = serde_json::json!({
             "type": self.type_uri(),
@@ -166,7 +212,7 @@ impl Rejection {
             CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),
         );
-        if let Rejection::InProgress { retry_after } = self {
+        if let Some(retry_after) = self.retry_after() {
             headers.insert(
                 RETRY_AFTER,
                 HeaderValue::from(retry_after_secs(retry_after)),

@@ -52,7 +52,9 @@
 //! | 409 + `Retry-After` | a request with the key is still running |
 //! | 413 | the body is larger than the limit |
 //! | 422 | the key was used with another request (method, path, query or body) |
-//! | 503 | the key store failed; the request did not run |
+//! | 429 + `Retry-After` | this client holds as many keys as the store keeps for one client ([`idem_core::Error::TooManyKeys`]); the request did not run, other clients are served |
+//! | 500 | the handler panicked, or its response body failed; nothing stored, the key released |
+//! | 503 | the key store failed, or is full (then with `Retry-After`); the request did not run |
 //!
 //! Every error is `application/problem+json` ([`Rejection`]). Responses
 //! with 5xx, 408 or 429 are not stored and release the key
@@ -62,16 +64,41 @@
 //! # What is fingerprinted
 //!
 //! The method, the path with its query, and the body — JSON bodies
-//! (`application/json`, `*/*+json`) in canonical form, so reordered object
-//! keys are the same request. The same key with another fingerprint is 422.
+//! (`application/json`, `*/*+json`) in canonical form, taken from the
+//! body's bytes: reordered members, whitespace and string escapes are the
+//! same request, while numbers are compared by their exact text and a body
+//! with a duplicate key matches only itself, so two bodies a handler could
+//! read differently never share a fingerprint
+//! ([`Fingerprint`](idem_core::keys::Fingerprint) gives the rule). The same
+//! key with another fingerprint is 422.
 //!
-//! # Crashes and slow handlers
+//! # Hang-ups, panics, crashes and slow handlers
 //!
-//! A request holds its key for a lease (60 s by default). If it dies (the
-//! process crashes, or the client disconnects and the handler is dropped),
-//! the key stays claimed until the lease expires; then the next retry runs
-//! it, and the handler sees [`ClaimedKey::recovered`] set: the first run's
-//! outcome is uncertain. Choose a lease longer than your slowest handler.
+//! Once a request has claimed its key, the layer runs the handler, reads
+//! its response body and stores the response on a task of its own (on
+//! the current tokio runtime): a client that hangs up mid-request — hyper
+//! then drops the request's future — does not cut the work short, and its
+//! retry gets the stored response. Outside a tokio runtime the layer runs
+//! in place and has no such protection.
+//!
+//! A handler that panics (or whose response body panics) gets the client
+//! a 500 problem ([`Rejection::ResponseFailed`]); the key is released and
+//! nothing is stored, as for any 5xx, so the retry runs again. The panic
+//! stays inside that task: the process and other requests go on.
+//!
+//! A request holds its key for a lease (60 s by default). If the process
+//! dies, the key stays claimed until the lease expires; then the next
+//! retry runs it, and the handler sees [`ClaimedKey::recovered`] set: the
+//! first run's outcome is uncertain. Choose a lease longer than your
+//! slowest handler.
+//!
+//! # Bounds
+//!
+//! The layer reads at most the body limit (2 MiB by default) of each
+//! request; no message it sends back echoes a value the client sent. A
+//! store's bound on one client is answered 429 with `Retry-After`, so one
+//! client filling its share never locks the others out (see
+//! [`MemoryStore`](idem_core::keys::MemoryStore) for its numbers).
 
 mod error;
 pub mod future;

@@ -1,8 +1,11 @@
 use std::fmt;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
+use futures::FutureExt;
 use http::header::{HeaderName, HeaderValue, CONTENT_LENGTH, CONTENT_TYPE};
 use http::request::Parts;
 use http::{HeaderMap, Request, Response, StatusCode};
@@ -12,6 +15,7 @@ use idem_core::keys::{
     Claim, Completion, Fingerprint, IdempotencyKey, KeyStore, Lease, Scope, StoredResponse,
 };
 use tower_service::Service;
+use tracing::Instrument;
 
 use crate::future::{ResponseBody, ResponseFuture};
 use crate::layer::Config;
@@ -118,24 +122,95 @@ where
 /// The protocol for one request with a covered method.
 async fn handle<S, K, ReqBody, ResBody>(
     config: Arc<Config<K>>,
-    mut inner: S,
+    inner: S,
     request: Request<ReqBody>,
 ) -> Result<Response<ResponseBody<ResBody>>, S::Error>
 where
-    S: Service<Request<Either<Full<Bytes>, ReqBody>>, Response = Response<ResBody>>,
-    K: KeyStore,
-    ReqBody: Body<Data = Bytes>,
+    S: Service<Request<Either<Full<Bytes>, ReqBody>>, Response = Response<ResBody>>
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    K: KeyStore + 'static,
+    ReqBody: Body<Data = Bytes> + Send + 'static,
     ReqBody::Error: Into<BoxError>,
-    ResBody: Body<Data = Bytes>,
+    ResBody: Body<Data = Bytes> + Send + 'static,
     ResBody::Error: Into<BoxError>,
 {
-    let (mut parts, body) = request.into_parts();
+    let (parts, body) = request.into_parts();
     let admitted = admit(&config, &parts, body).await;
     let (scope, key, body) = match admitted {
         Ok(admitted) => admitted,
         Err(rejection) => return Ok(reject(rejection)),
     };
-    let fingerprint = fingerprint(&parts, &body);
+    let request = Admitted {
+        fingerprint: fingerprint(&parts, &body),
+        parts,
+        body,
+        scope,
+        key,
+    };
+    // Nothing is claimed yet: a client that hangs up until here leaves no
+    // trace. From the claim on, the work runs to its end on a task of its
+    // own, so that a hang-up (hyper drops this future) never drops a
+    // claimed request between its effects and its stored response.
+    detached(claim_and_run(config, inner, request)).await
+}
+
+/// A request whose key, scope and body were read.
+struct Admitted {
+    parts: Parts,
+    body: Bytes,
+    scope: Scope,
+    key: IdempotencyKey,
+    fingerprint: Fingerprint,
+}
+
+/// Runs `work` on the current tokio runtime and waits for it: dropping the
+/// returned future does not stop `work`. Outside a tokio runtime it runs
+/// in place, and a dropped future drops it (the layer's docs say so).
+async fn detached<F, T, E>(work: F) -> Result<Response<ResponseBody<T>>, E>
+where
+    F: Future<Output = Result<Response<ResponseBody<T>>, E>> + Send + 'static,
+    T: Send + 'static,
+    E: Send + 'static,
+{
+    let work = work.instrument(tracing::Span::current());
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return work.await;
+    };
+    match runtime.spawn(work).await {
+        Ok(response) => response,
+        Err(error) => {
+            // The runtime is shutting down (panics are caught inside): the
+            // key stays claimed until its lease expires.
+            tracing::error!(%error, "the task running an idempotent request was cancelled");
+            Ok(reject(Rejection::ResponseFailed))
+        }
+    }
+}
+
+/// Claims the key and, when this request may run, runs it: from here on
+/// the sequence must not be cut short (see [`detached`]). A panic in the
+/// handler or its response body releases the key and answers 500.
+async fn claim_and_run<S, K, ReqBody, ResBody>(
+    config: Arc<Config<K>>,
+    inner: S,
+    request: Admitted,
+) -> Result<Response<ResponseBody<ResBody>>, S::Error>
+where
+    S: Service<Request<Either<Full<Bytes>, ReqBody>>, Response = Response<ResBody>>,
+    K: KeyStore,
+    ResBody: Body<Data = Bytes>,
+    ResBody::Error: Into<BoxError>,
+{
+    let Admitted {
+        mut parts,
+        body,
+        scope,
+        key,
+        fingerprint,
+    } = request;
     let claim = config
         .store
         .claim(&scope, &key, &fingerprint, config.lease)
@@ -151,10 +226,7 @@ where
             return Ok(reject(Rejection::InProgress { retry_after }))
         }
         Ok(Claim::KeyReused) => return Ok(reject(Rejection::KeyReused)),
-        Err(error) => {
-            tracing::error!(%error, "idempotency key store failed to claim a key");
-            return Ok(reject(Rejection::StoreUnavailable));
-        }
+        Err(error) => return Ok(reject(store_failed(&error))),
     };
     parts.extensions.insert(ClaimedKey {
         scope,
@@ -162,15 +234,49 @@ where
         recovered,
     });
     let request = Request::from_parts(parts, Either::Left(Full::new(body)));
+    let run = AssertUnwindSafe(run(&config, inner, request, &lease));
+    match run.catch_unwind().await {
+        Ok(response) => response,
+        Err(panic) => {
+            let message = panic
+                .downcast_ref::<&str>()
+                .copied()
+                .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+                .unwrap_or("(not a string)");
+            tracing::error!(
+                panic = message,
+                key = %lease.key(),
+                "the handler panicked: releasing the idempotency key, nothing is stored"
+            );
+            release(&config, &lease).await;
+            Ok(reject(Rejection::ResponseFailed))
+        }
+    }
+}
+
+/// Calls the inner service with the claimed key and stores its response
+/// (or releases the key when the policy says it is not final).
+async fn run<S, K, ReqBody, ResBody>(
+    config: &Config<K>,
+    mut inner: S,
+    request: Request<Either<Full<Bytes>, ReqBody>>,
+    lease: &Lease,
+) -> Result<Response<ResponseBody<ResBody>>, S::Error>
+where
+    S: Service<Request<Either<Full<Bytes>, ReqBody>>, Response = Response<ResBody>>,
+    K: KeyStore,
+    ResBody: Body<Data = Bytes>,
+    ResBody::Error: Into<BoxError>,
+{
     let response = match inner.call(request).await {
         Ok(response) => response,
         Err(error) => {
-            release(&config, &lease).await;
+            release(config, lease).await;
             return Err(error);
         }
     };
     if !config.policy.is_final(response.status().as_u16()) {
-        release(&config, &lease).await;
+        release(config, lease).await;
         return Ok(response.map(Either::Right));
     }
     let (parts, body) = response.into_parts();
@@ -179,11 +285,11 @@ where
         Ok(collected) => collected.to_bytes(),
         Err(error) => {
             tracing::error!(%error, "the response body failed: releasing the idempotency key");
-            release(&config, &lease).await;
+            release(config, lease).await;
             return Ok(reject(Rejection::ResponseFailed));
         }
     };
-    complete(&config, &lease, stored(parts.status, &parts.headers, &body)).await;
+    complete(config, lease, stored(parts.status, &parts.headers, &body)).await;
     Ok(Response::from_parts(parts, Either::Left(Full::new(body))))
 }
 
@@ -247,8 +353,9 @@ fn key<K>(config: &Config<K>, headers: &HeaderMap) -> Result<IdempotencyKey, Rej
     })
 }
 
-/// Method, path with query, and body; a JSON body in canonical form, so
-/// reordered object keys are the same request.
+/// Method, path with query, and body; a JSON body in canonical form (see
+/// [`Fingerprint`]), taken from its bytes so that no number or duplicate
+/// key is merged by a parser on the way.
 fn fingerprint(parts: &Parts, body: &[u8]) -> Fingerprint {
     let method = parts.method.as_str();
     let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
@@ -263,11 +370,10 @@ fn fingerprint(parts: &Parts, body: &[u8]) -> Fingerprint {
         })
         .unwrap_or(false);
     if is_json {
-        if let Ok(value) = serde_json::from_slice(body) {
-            return Fingerprint::of_json_request(method, path, &value);
-        }
+        Fingerprint::of_json_body(method, path, body)
+    } else {
+        Fingerprint::of_request(method, path, body)
     }
-    Fingerprint::of_request(method, path, body)
 }
 
 fn stored(status: StatusCode, headers: &HeaderMap, body: &Bytes) -> StoredResponse {
@@ -323,4 +429,30 @@ async fn complete<K: KeyStore>(config: &Config<K>, lease: &Lease, response: Stor
             "idempotency key store failed to store a response: a retry after the lease expires will run again"
         ),
     }
+}
+
+/// The answer to a key store that refused or failed to claim: a client
+/// over its share is 429 and a full store 503, both with `Retry-After`;
+/// any other failure is 503.
+fn store_failed<E: std::error::Error + 'static>(error: &E) -> Rejection {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(error) = cause {
+        match error.downcast_ref::<idem_core::Error>() {
+            Some(idem_core::Error::TooManyKeys { retry_after, .. }) => {
+                tracing::debug!(%error, "a client is over its share of the idempotency key store");
+                return Rejection::TooManyKeys {
+                    retry_after: *retry_after,
+                };
+            }
+            Some(idem_core::Error::KeyStoreFull { retry_after, .. }) => {
+                tracing::warn!(%error, "the idempotency key store is full");
+                return Rejection::StoreFull {
+                    retry_after: *retry_after,
+                };
+            }
+            _ => cause = error.source(),
+        }
+    }
+    tracing::error!(%error, "idempotency key store failed to claim a key");
+    Rejection::StoreUnavailable
 }

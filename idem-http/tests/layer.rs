@@ -242,6 +242,101 @@ async fn reordered_json_keys_are_the_same_request_and_replay() {
     assert_eq!(state.runs.load(Ordering::SeqCst), 1);
 }
 
+/// Issue 10, item 5: bodies a handler could read differently are another
+/// request (422), never a replay of the first one's response.
+#[tokio::test]
+async fn json_bodies_a_handler_could_read_differently_are_422_not_a_replay() {
+    let pairs = [
+        (
+            r#"{"amount": 18446744073709551616}"#,
+            r#"{"amount": 18446744073709551617}"#,
+        ),
+        (
+            r#"{"amount": 0.1}"#,
+            r#"{"amount": 0.1000000000000000055511151231257827}"#,
+        ),
+        (r#"{"amount": 1, "amount": 2}"#, r#"{"amount": 2}"#),
+        (r#"{"amount": 1, "amount": 2}"#, r#"{"amount": 1}"#),
+        (r#"{"amount": 2}"#, r#"{"amount": 1, "amount": 2}"#),
+        (r#"{"amount": 1}"#, r#"{"amount": 1.0}"#),
+        (r#"{"amount": 1e2}"#, r#"{"amount": 100}"#),
+        (r#"{"amount": -0}"#, r#"{"amount": 0}"#),
+        (r#"{"to": "\u00e9"}"#, r#"{"to": "e\u0301"}"#),
+        (r#"{"to": "A"}"#, r#"{"to": "\\u0041"}"#),
+        (r#"{"a":1}"#, r#"{"a":1"#),
+    ];
+    let state = AppState::default();
+    let app = app(state.clone());
+    for (n, (first, second)) in pairs.into_iter().enumerate() {
+        let key = format!("k5-{n}");
+        let (status, _, _) = send(&app, post_json("/payments", &key, first)).await;
+        assert_eq!(status, StatusCode::CREATED, "{first}");
+        let (status, headers, body) = send(&app, post_json("/payments", &key, second)).await;
+        expect_problem(status, &headers, &body, StatusCode::UNPROCESSABLE_ENTITY);
+        assert!(
+            !headers.contains_key("idempotent-replayed"),
+            "{first} then {second}"
+        );
+    }
+    assert_eq!(state.runs.load(Ordering::SeqCst), pairs.len());
+}
+
+/// Item 5, the other way: bodies every JSON parser reads as the same value
+/// replay, whatever their member order, whitespace or string escapes.
+#[tokio::test]
+async fn json_bodies_every_parser_reads_alike_replay() {
+    let pairs = [
+        (
+            r#"{"amount": 18446744073709551616, "to": "x"}"#,
+            r#"{"to":"x","amount":18446744073709551616}"#,
+        ),
+        (
+            r#"{"amount": 0.1000000000000000055511151231257827}"#,
+            "{\n\"amount\" :\t0.1000000000000000055511151231257827}",
+        ),
+        (r#"{"to": "\u0041da"}"#, r#"{"to": "Ada"}"#),
+        (r#"{"to": "\/"}"#, r#"{"to": "/"}"#),
+        (r#"{"\u0074o": "\u00e9"}"#, "{\"to\": \"\u{e9}\"}"),
+        (
+            r#"{"amount": 1, "amount": 2}"#,
+            r#"{"amount": 1, "amount": 2}"#,
+        ),
+    ];
+    let state = AppState::default();
+    let app = app(state.clone());
+    for (n, (first, second)) in pairs.into_iter().enumerate() {
+        let key = format!("k5-same-{n}");
+        let original = send(&app, post_json("/payments", &key, first)).await;
+        assert_eq!(original.0, StatusCode::CREATED, "{first}");
+        let retry = send(&app, post_json("/payments", &key, second)).await;
+        assert_eq!(retry.0, StatusCode::CREATED, "{first} then {second}");
+        assert_eq!(retry.1["idempotent-replayed"], "true");
+        assert_eq!(retry.2, original.2);
+    }
+    assert_eq!(state.runs.load(Ordering::SeqCst), pairs.len());
+}
+
+/// A JSON body nested 100,000 deep is fingerprinted (by its bytes: it is
+/// deeper than `Fingerprint::MAX_JSON_DEPTH`) without overflowing the
+/// stack, and replays like any other body.
+#[tokio::test]
+async fn a_body_nested_100_000_deep_is_fingerprinted_and_replayed() {
+    let state = AppState::default();
+    let app = app_with(
+        IdempotencyLayer::new(MemoryStore::default(), client_scope).body_limit(1 << 20),
+        state.clone(),
+    );
+    let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+    let first = send(&app, post_json("/payments", "k-deep", &deep)).await;
+    assert_eq!(first.0, StatusCode::CREATED);
+    let retry = send(&app, post_json("/payments", "k-deep", &deep)).await;
+    assert_eq!(retry.1["idempotent-replayed"], "true");
+    let other = format!("{}1{}", "[".repeat(100_000), "]".repeat(100_000));
+    let (status, headers, body) = send(&app, post_json("/payments", "k-deep", &other)).await;
+    expect_problem(status, &headers, &body, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(state.runs.load(Ordering::SeqCst), 1);
+}
+
 #[tokio::test]
 async fn a_duplicate_while_the_first_runs_gets_409_with_retry_after() {
     let state = AppState::default();
@@ -268,6 +363,72 @@ async fn a_duplicate_while_the_first_runs_gets_409_with_retry_after() {
     let replay = send(&app, request("/slow", "k4").body(Body::empty()).unwrap()).await;
     assert_eq!(replay.2, "slow run 1");
     assert_eq!(replay.1["idempotent-replayed"], "true");
+    assert_eq!(state.runs.load(Ordering::SeqCst), 1);
+}
+
+/// Dropping the layer's future after the key was claimed (what hyper does
+/// when the client hangs up) does not drop the work: the handler finishes,
+/// its response is stored and the retry replays it. Over a real socket:
+/// `tests/tcp.rs`.
+#[tokio::test]
+async fn a_dropped_request_future_still_runs_its_claimed_work_to_the_stored_response() {
+    let state = AppState::default();
+    let app = app(state.clone());
+    let first = tokio::spawn({
+        let app = app.clone();
+        async move {
+            send(
+                &app,
+                request("/slow", "k-drop").body(Body::empty()).unwrap(),
+            )
+            .await
+        }
+    });
+    while state.runs.load(Ordering::SeqCst) == 0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    first.abort();
+    assert!(first.await.unwrap_err().is_cancelled());
+    state.gate.notify_one();
+    // The handler finishes at once; the key is in progress until then.
+    let mut retry = send(
+        &app,
+        request("/slow", "k-drop").body(Body::empty()).unwrap(),
+    )
+    .await;
+    for _ in 0..200 {
+        if retry.0 != StatusCode::CONFLICT {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        retry = send(
+            &app,
+            request("/slow", "k-drop").body(Body::empty()).unwrap(),
+        )
+        .await;
+    }
+    assert_eq!(retry.1["idempotent-replayed"], "true");
+    assert_eq!(retry.2, "slow run 1");
+    assert_eq!(state.runs.load(Ordering::SeqCst), 1);
+}
+
+/// Outside a tokio runtime the layer cannot hand the work to a task: it
+/// runs the protocol in place (and says so in its docs).
+#[test]
+fn outside_a_tokio_runtime_the_layer_runs_in_place() {
+    let state = AppState::default();
+    let app = app(state.clone());
+    let call = |app: &Router| {
+        let response = futures::executor::block_on(app.clone().oneshot(post_json(
+            "/payments",
+            "k-no-rt",
+            r#"{"amount":1}"#,
+        )))
+        .unwrap();
+        response.headers().contains_key("idempotent-replayed")
+    };
+    assert!(!call(&app));
+    assert!(call(&app));
     assert_eq!(state.runs.load(Ordering::SeqCst), 1);
 }
 
@@ -663,4 +824,96 @@ async fn with_an_optional_key_a_malformed_or_repeated_key_is_still_400() {
         assert_eq!(problem["title"], "Idempotency key invalid");
     }
     assert_eq!(state.runs.load(Ordering::SeqCst), 0);
+}
+
+fn as_client(client: &str, key: &str) -> Request<Body> {
+    Request::post("/payments")
+        .header("x-client-id", client)
+        .header("idempotency-key", key)
+        .body(Body::from("amount=1"))
+        .unwrap()
+}
+
+/// Issue 10, item 9, exactly: over `MemoryStore::default()`, client A sends
+/// 10,000 requests with distinct keys, then client B sends its first. A
+/// gets 429 with `Retry-After` once over its share (1,000), and nothing runs
+/// for those; B's handler runs. A's earlier keys still replay.
+#[tokio::test]
+async fn one_client_flooding_the_default_store_gets_429_and_another_client_is_served() {
+    let state = AppState::default();
+    let app = app_with(
+        IdempotencyLayer::new(MemoryStore::default(), client_scope),
+        state.clone(),
+    );
+    let mut refused = 0;
+    for n in 0..10_000 {
+        let (status, headers, body) = send(&app, as_client("client-a", &format!("a-{n}"))).await;
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            let problem = expect_problem(status, &headers, &body, StatusCode::TOO_MANY_REQUESTS);
+            assert_eq!(problem["title"], "Too many idempotency keys");
+            let retry_after: u64 = headers["retry-after"].to_str().unwrap().parse().unwrap();
+            // A's oldest record expires a day after it completed.
+            assert!((86_000..=86_400).contains(&retry_after), "{retry_after}");
+            refused += 1;
+        } else {
+            assert_eq!(status, StatusCode::CREATED, "request {n}: {body:?}");
+        }
+    }
+    assert_eq!(refused, 9_000);
+    assert_eq!(state.runs.load(Ordering::SeqCst), 1_000);
+
+    let (status, headers, _) = send(&app, as_client("client-b", "b-1")).await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert!(!headers.contains_key("idempotent-replayed"));
+    assert_eq!(state.runs.load(Ordering::SeqCst), 1_001);
+    let replay = send(&app, as_client("client-a", "a-0")).await;
+    assert_eq!(replay.1["idempotent-replayed"], "true");
+}
+
+/// A 429 is not stored: once the client's records expire (no purge), the
+/// same key runs.
+#[tokio::test]
+async fn a_429_is_not_stored_and_expired_records_make_room_by_themselves() {
+    let state = AppState::default();
+    let retention = Duration::from_millis(300);
+    let store = MemoryStore::new(100)
+        .with_client_limit(2)
+        .with_retention(retention);
+    let app = app_with(IdempotencyLayer::new(store, client_scope), state.clone());
+    for key in ["a-1", "a-2"] {
+        assert_eq!(send(&app, as_client("a", key)).await.0, StatusCode::CREATED);
+    }
+    let (status, headers, _) = send(&app, as_client("a", "a-3")).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(headers["retry-after"], "1");
+    tokio::time::sleep(retention + Duration::from_millis(100)).await;
+    let (status, headers, _) = send(&app, as_client("a", "a-3")).await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert!(!headers.contains_key("idempotent-replayed"));
+    assert_eq!(state.runs.load(Ordering::SeqCst), 3);
+}
+
+/// More clients than the store was sized for: a claim of a new key is 503
+/// with `Retry-After` (nothing runs) until records expire; stored
+/// responses still replay.
+#[tokio::test]
+async fn a_store_full_of_live_records_is_503_with_retry_after() {
+    let state = AppState::default();
+    let store = MemoryStore::new(4).with_client_limit(2);
+    let app = app_with(IdempotencyLayer::new(store, client_scope), state.clone());
+    for (client, key) in [("a", "1"), ("a", "2"), ("b", "1"), ("b", "2")] {
+        assert_eq!(
+            send(&app, as_client(client, key)).await.0,
+            StatusCode::CREATED
+        );
+    }
+    let (status, headers, body) = send(&app, as_client("c", "1")).await;
+    let problem = expect_problem(status, &headers, &body, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(problem["title"], "Idempotency store full");
+    assert!(headers.contains_key("retry-after"));
+    assert_eq!(
+        send(&app, as_client("a", "1")).await.1["idempotent-replayed"],
+        "true"
+    );
+    assert_eq!(state.runs.load(Ordering::SeqCst), 4);
 }

@@ -42,7 +42,8 @@
 //! # The dedup window
 //!
 //! Markers are kept for a window ([`DEFAULT_WINDOW`], 24 hours, unless
-//! configured) and `purge` removes older ones. A redelivery that arrives
+//! configured) and `purge` removes older ones ([`MemoryInbox`] also
+//! forgets them by itself when a consumer needs room: see its bounds). A redelivery that arrives
 //! after its marker was purged runs the handler again, so the window must
 //! be longer than the longest delay after which the broker can still
 //! redeliver an event (its redelivery or retry policy, dead-letter replays,
@@ -55,6 +56,20 @@ use std::time::Duration;
 
 pub use event_id::EventId;
 pub use memory::MemoryInbox;
+
+/// The error of [`MemoryInbox::process`]: the handler's own error, returned
+/// as it was, or idem's.
+#[derive(Debug, thiserror::Error)]
+pub enum ProcessError<E> {
+    /// The handler failed; no marker was recorded, so a redelivery runs it
+    /// again.
+    #[error("the inbox handler failed (no marker was recorded): {0}")]
+    Handler(E),
+    /// idem refused the delivery before running the handler
+    /// ([`Error::InboxFull`]): redeliver it later.
+    #[error(transparent)]
+    Idem(#[from] Error),
+}
 
 use crate::Error;
 

@@ -48,9 +48,27 @@
 //!
 //! Completed records keep key and response together for the retention
 //! period ([`DEFAULT_RETENTION`], 24 h) and are purged together.
+//!
+//! # Cancellation
+//!
+//! A claim holds its key until the holder completes or releases it, or the
+//! lease expires. Code that claims, does the work and completes must not be
+//! cut short between the claim and the completion — if its future is
+//! dropped there (a client hang-up, a `select!`, a timeout), the key stays
+//! claimed until the lease expires, and the retry is told the outcome is
+//! uncertain ([`Claim::Recovered`]). Run that sequence on a task of its own
+//! and await its handle, as `idem_http`'s layer does.
+//!
+//! # Bounds
+//!
+//! Stores are bounded, and a full share degrades only the client that
+//! filled it: see [`MemoryStore`] for its per-client and total bounds
+//! ([`Error::TooManyKeys`](crate::Error::TooManyKeys), HTTP 429), and how
+//! expired records make room by themselves.
 
 use std::time::Duration;
 
+mod canonical;
 mod fingerprint;
 mod key;
 mod memory;
