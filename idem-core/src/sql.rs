@@ -62,8 +62,9 @@ impl TransitionSql {
 #[derive(Debug, PartialEq, Eq)]
 pub struct DialectSql {
     /// The guarded `UPDATE` (on PostgreSQL, a data-modifying CTE around it
-    /// that returns `before` (the state before, as text, NULL when there is
-    /// no row) and `applied`).
+    /// that returns one row: `before` (the state before, as text; NULL when
+    /// there is no row or its state is NULL), `applied` and `found` (whether
+    /// there is a row)).
     pub apply: &'static str,
     /// Reads the row's current state as text (a locking read on MySQL, so
     /// that a REPEATABLE READ transaction sees the latest committed row).
@@ -78,8 +79,9 @@ pub struct DialectSql {
     /// hyphenated UUID).
     pub history: &'static [&'static str],
     /// Batches. PostgreSQL: the whole batch in one statement, binding the
-    /// keys as one array and returning `(ord, before, applied)` per key
-    /// (`ord` counts from 1). MySQL and SQLite: three fragments of the
+    /// keys as one array and returning `(ord, before, applied, found)` per
+    /// key (`ord` counts from 1; `found`: there is a row, so a NULL
+    /// `before` is a NULL state). MySQL and SQLite: three fragments of the
     /// batch read `SELECT CASE key WHEN ? THEN 0 ... END, state FROM ...
     /// WHERE key IN (?, ...)`, assembled at run time around the
     /// placeholders: `[head, middle, tail]`.

@@ -166,7 +166,7 @@ impl Parts {
         }
         sql.push_str(
             " SELECT CAST((SELECT s FROM prev) AS TEXT) AS before, \
-             EXISTS (SELECT 1 FROM upd) AS applied",
+             EXISTS (SELECT 1 FROM upd) AS applied, EXISTS (SELECT 1 FROM prev) AS found",
         );
         sql
     }
@@ -175,10 +175,12 @@ impl Parts {
     /// first occurrence with a window function, and the result joins `upd`,
     /// so the statement stays linear in the batch size); the update compares
     /// and sets the state each row had in the statement's snapshot; a key
-    /// given twice is applied for its first occurrence only. A row holding a value
-    /// that is no state stops the whole update: the batch fails with
-    /// `UnknownState` and, being one autocommitted statement, must not have
-    /// moved the other rows.
+    /// given twice is applied for its first occurrence only. A row holding a
+    /// value that is no state, or a NULL state, stops the whole update: the
+    /// batch fails with `UnknownState` or `NullState` and, being one
+    /// autocommitted statement, must not have moved the other rows. `found`
+    /// tells a row whose state is NULL from no row (both have a NULL
+    /// `before`).
     fn postgres_many(&self) -> String {
         let Parts {
             tbl,
@@ -195,7 +197,8 @@ impl Parts {
              prev AS (SELECT {key} AS k, {col} AS s FROM {tbl} WHERE {key} = ANY($1)), \
              upd AS (UPDATE {tbl} SET {set} FROM prev WHERE {tbl}.{key} = prev.k \
              AND {tbl}.{col} = prev.s AND prev.s IN ({sources}) \
-             AND NOT EXISTS (SELECT 1 FROM prev AS p WHERE CAST(p.s AS TEXT) NOT IN ({states})) \
+             AND NOT EXISTS (SELECT 1 FROM prev AS p \
+             WHERE p.s IS NULL OR CAST(p.s AS TEXT) NOT IN ({states})) \
              RETURNING prev.k, prev.s)"
         );
         if let Some(history) = &self.history {
@@ -209,7 +212,7 @@ impl Parts {
         }
         sql.push_str(
             " SELECT u.ord, CAST(prev.s AS TEXT) AS before, \
-             (upd.k IS NOT NULL AND u.ord = u.first) AS applied \
+             (upd.k IS NOT NULL AND u.ord = u.first) AS applied, prev.k IS NOT NULL AS found \
              FROM u LEFT JOIN prev ON prev.k = u.k LEFT JOIN upd ON upd.k = u.k \
              ORDER BY u.ord",
         );
@@ -432,7 +435,7 @@ mod tests {
              upd AS (UPDATE \"invoices\" SET \"status\" = 'void' WHERE \"id\" = $1 \
              AND \"status\" IN ('draft', 'issued') AND \"status\" = (SELECT s FROM prev) \
              RETURNING 1) SELECT CAST((SELECT s FROM prev) AS TEXT) AS before, \
-             EXISTS (SELECT 1 FROM upd) AS applied"
+             EXISTS (SELECT 1 FROM upd) AS applied, EXISTS (SELECT 1 FROM prev) AS found"
         );
         assert!(s.apply_from.is_empty() && s.history.is_empty());
     }

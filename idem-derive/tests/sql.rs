@@ -39,7 +39,8 @@ fn postgres_reports_before_and_applied_and_writes_history_in_one_statement() {
          RETURNING \"id\" AS k), \
          hist AS (INSERT INTO \"invoice_history\" (\"entity_key\", \"transition\", \"from_state\", \"to_state\") \
          SELECT CAST(k AS TEXT), 'pay', CAST((SELECT s FROM prev) AS TEXT), 'paid' FROM upd) \
-         SELECT CAST((SELECT s FROM prev) AS TEXT) AS before, EXISTS (SELECT 1 FROM upd) AS applied"
+         SELECT CAST((SELECT s FROM prev) AS TEXT) AS before, EXISTS (SELECT 1 FROM upd) AS applied, \
+         EXISTS (SELECT 1 FROM prev) AS found"
     );
     assert_eq!(
         pay.current,
@@ -54,11 +55,12 @@ fn postgres_reports_before_and_applied_and_writes_history_in_one_statement() {
           upd AS (UPDATE \"billing\".\"invoices\" SET \"status\" = 'paid', \"paid_at\" = CURRENT_TIMESTAMP \
           FROM prev WHERE \"billing\".\"invoices\".\"id\" = prev.k AND \"billing\".\"invoices\".\"status\" = prev.s \
           AND prev.s IN ('issued') \
-          AND NOT EXISTS (SELECT 1 FROM prev AS p WHERE CAST(p.s AS TEXT) NOT IN ('draft', 'issued', 'paid', 'void', 'archived')) \
+          AND NOT EXISTS (SELECT 1 FROM prev AS p WHERE p.s IS NULL OR CAST(p.s AS TEXT) NOT IN ('draft', 'issued', 'paid', 'void', 'archived')) \
           RETURNING prev.k, prev.s), \
           hist AS (INSERT INTO \"invoice_history\" (\"entity_key\", \"transition\", \"from_state\", \"to_state\") \
           SELECT CAST(k AS TEXT), 'pay', CAST(s AS TEXT), 'paid' FROM upd) \
-          SELECT u.ord, CAST(prev.s AS TEXT) AS before, (upd.k IS NOT NULL AND u.ord = u.first) AS applied \
+          SELECT u.ord, CAST(prev.s AS TEXT) AS before, (upd.k IS NOT NULL AND u.ord = u.first) AS applied, \
+          prev.k IS NOT NULL AS found \
           FROM u LEFT JOIN prev ON prev.k = u.k LEFT JOIN upd ON upd.k = u.k \
           ORDER BY u.ord"]
     );

@@ -16,7 +16,7 @@ use futures::future::BoxFuture;
 use idem_core::{Dialect, DialectSql, Outcome, State, Transition};
 use sqlx::{ColumnIndex, Database, Executor, IntoArguments};
 
-use crate::backend::{db_error, parse};
+use crate::backend::{db_error, state_of};
 use crate::{Backend, Error, Key};
 
 /// What the batch read found for one key.
@@ -96,7 +96,8 @@ where
                     keys.len()
                 )))
             })?;
-        *slot = parse::<S>(state)?;
+        // A row came back: a NULL state is `NullState`, never "no row".
+        *slot = state_of(transition, Some(state))?;
     }
     Ok(states
         .into_iter()

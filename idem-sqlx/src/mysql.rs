@@ -3,7 +3,7 @@ use idem_core::{Dialect, DialectSql, Outcome, State, Transition};
 use sqlx::mysql::{MySqlConnection, MySqlDatabaseError};
 use sqlx::MySql;
 
-use crate::backend::{contended, db_error, parse, MAX_ROUNDS};
+use crate::backend::{contended, db_error, state_of, MAX_ROUNDS};
 use crate::batch;
 use crate::key::{args, text_args};
 use crate::{Backend, Error, ErrorKind, Key};
@@ -104,12 +104,12 @@ async fn apply<S: State, K: Key<MySql>>(
             record_history(conn, sql, index, key).await?;
             return Ok(transition.applied_from(sources[index]));
         }
-        let current: Option<String> =
+        let current: Option<Option<String>> =
             sqlx::query_scalar_with(sql.current, args::<MySql, K>(key).map_err(Error::Database)?)
                 .fetch_optional(&mut *conn)
                 .await
                 .map_err(db_error::<MySql>)?;
-        if let Some(outcome) = transition.settled(parse::<S>(current)?) {
+        if let Some(outcome) = transition.settled(state_of(transition, current)?) {
             return Ok(outcome);
         }
     }

@@ -3,7 +3,7 @@ use idem_core::{Dialect, DialectSql, Outcome, State, Transition};
 use sqlx::sqlite::{SqliteConnection, SqliteQueryResult};
 use sqlx::Sqlite;
 
-use crate::backend::{contended, db_error, parse, MAX_ROUNDS};
+use crate::backend::{contended, db_error, state_of, MAX_ROUNDS};
 use crate::batch;
 use crate::key::{args, text_args};
 use crate::{Backend, Error, ErrorKind, Key};
@@ -115,14 +115,14 @@ async fn read<S: State, K: Key<Sqlite>>(
     sql: &'static DialectSql,
     key: &K,
 ) -> Result<Result<Outcome<S>, usize>, Error> {
-    let current: Option<String> = sqlx::query_scalar_with(
+    let current: Option<Option<String>> = sqlx::query_scalar_with(
         sql.current,
         args::<Sqlite, K>(key).map_err(Error::Database)?,
     )
     .fetch_optional(&mut *conn)
     .await
     .map_err(db_error::<Sqlite>)?;
-    let current = parse::<S>(current)?;
+    let current = state_of(transition, current)?;
     Ok(match transition.settled(current) {
         Some(outcome) => Ok(outcome),
         None => Err(current

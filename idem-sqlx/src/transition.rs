@@ -54,9 +54,13 @@ pub trait TransitionExt<S: State> {
     /// holds the change and decides whether it commits).
     ///
     /// Errors: [`idem_core::Error::NoTable`] without a table binding,
-    /// [`idem_core::Error::UnknownState`] when the column holds a value that
-    /// is no state, [`Error::Retryable`] on a serialization failure,
-    /// deadlock or busy database, [`Error::Database`] otherwise.
+    /// [`idem_core::Error::NullState`] when the row exists but its state
+    /// column is NULL (never [`Outcome::NotFound`], which means there is no
+    /// row), [`idem_core::Error::UnknownState`] when the column holds a
+    /// value that is no state (an empty string among them),
+    /// [`Error::Retryable`] on a serialization failure, deadlock or busy
+    /// database, [`Error::Database`] otherwise. The same errors, from the
+    /// same reads, on every backend and through every `apply*` method.
     fn apply<'a, 'c, A, K>(
         &'static self,
         executor: A,
@@ -73,6 +77,10 @@ pub trait TransitionExt<S: State> {
     /// MySQL and SQLite one locking read of the batch and one `UPDATE` per
     /// source state present, in a transaction idem owns (retried on
     /// transient conflicts with the default [`RetryPolicy`]).
+    ///
+    /// A row of the batch whose state is NULL or no state fails the whole
+    /// batch with [`idem_core::Error::NullState`] or
+    /// [`idem_core::Error::UnknownState`], and no row of it moves.
     fn apply_many<'a, DB, K>(
         &'static self,
         pool: &'a Pool<DB>,
