@@ -4,7 +4,7 @@ use sqlx::postgres::{PgArguments, PgConnection};
 use sqlx::Postgres;
 
 use crate::backend::{contended, db_error, state_of, MAX_ROUNDS};
-use crate::key::args;
+use crate::key::{args, repeats};
 use crate::{Backend, Error, ErrorKind, Key};
 
 impl Backend for Postgres {
@@ -114,6 +114,14 @@ async fn apply_many<S: State, K: Key<Postgres>>(
         .fetch_all(&mut *conn)
         .await
         .map_err(db_error::<Postgres>)?;
+    if rows.len() != keys.len() {
+        return Err(Error::Database(sqlx::Error::Protocol(format!(
+            "the batch statement of `{}` returned {} rows for {} keys",
+            transition.name(),
+            rows.len(),
+            keys.len()
+        ))));
+    }
     // Every stored value is parsed before any key is applied again on its
     // own: a value that is no state, or a NULL state, fails the batch with
     // nothing moved (the statement's update skips the whole batch then).
@@ -123,10 +131,11 @@ async fn apply_many<S: State, K: Key<Postgres>>(
             Ok((state_of(transition, found.then_some(before))?, applied))
         })
         .collect::<Result<Vec<_>, Error>>()?;
+    let repeats = repeats(keys);
     let mut outcomes: Vec<Outcome<S>> = Vec::with_capacity(keys.len());
-    for (i, ((before, applied), key)) in rows.into_iter().zip(keys).enumerate() {
+    for (((before, applied), key), repeat) in rows.into_iter().zip(keys).zip(repeats) {
         // A key given twice was applied (or settled) at its first position.
-        if let Some(first) = keys[..i].iter().position(|k| k == key) {
+        if let Some(first) = repeat {
             let outcome = match outcomes[first] {
                 Outcome::Applied { to, .. } => Outcome::AlreadyApplied { state: to },
                 other => other,

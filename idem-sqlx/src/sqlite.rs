@@ -8,6 +8,13 @@ use crate::batch;
 use crate::key::{args, text_args};
 use crate::{Backend, Error, ErrorKind, Key};
 
+/// The most keys one statement of `apply_many` binds: one parameter per
+/// key, below SQLite's default `SQLITE_MAX_VARIABLE_NUMBER` of 32,766
+/// (999 before 3.32, and a build may set its own). The batch read joins a
+/// `VALUES` list by the key and stays linear at any chunk size; chunks of
+/// 1,024, as on MySQL, also fit a SQLite built with a limit down to 1,024.
+pub(crate) const BATCH_KEYS: usize = 1_024;
+
 impl Backend for Sqlite {
     const DIALECT: Dialect = Dialect::Sqlite;
     const BEGIN_WRITE: &'static str = "BEGIN IMMEDIATE";
@@ -57,10 +64,14 @@ impl Backend for Sqlite {
         sql: &'static DialectSql,
         keys: &'c [K],
     ) -> BoxFuture<'c, Result<Vec<Outcome<S>>, Error>> {
-        Box::pin(async move {
-            let groups = batch::read::<Sqlite, S, K>(conn, transition, sql, keys).await?;
-            batch::write::<Sqlite, S, K>(conn, transition, sql, keys, groups, record_history).await
-        })
+        Box::pin(batch::apply::<Sqlite, S, K>(
+            conn,
+            transition,
+            sql,
+            keys,
+            BATCH_KEYS,
+            record_history,
+        ))
     }
 }
 

@@ -126,6 +126,11 @@ pub trait Db: Backend + Sized {
     const TIMESTAMP: &'static str;
     /// A column type for the UUID key.
     const UUID: &'static str;
+    /// How many keys one batch statement could bind if `apply_many` did
+    /// not split its batch: the bind-parameter limit over the parameters
+    /// the batch read binds per key (PostgreSQL: the protocol's 65,535,
+    /// although its batch binds one array).
+    const UNSPLIT_KEYS: usize;
     /// Placeholder `n` (1-based).
     fn param(n: usize) -> String;
 
@@ -169,6 +174,7 @@ impl Db for Sqlite {
     const BACKEND: &'static str = "sqlite";
     const TIMESTAMP: &'static str = "TEXT";
     const UUID: &'static str = "BLOB";
+    const UNSPLIT_KEYS: usize = 32_766;
     fn param(_: usize) -> String {
         "?".into()
     }
@@ -182,6 +188,7 @@ impl Db for Postgres {
     const BACKEND: &'static str = "postgres";
     const TIMESTAMP: &'static str = "TIMESTAMPTZ";
     const UUID: &'static str = "UUID";
+    const UNSPLIT_KEYS: usize = 65_535;
     fn param(n: usize) -> String {
         format!("${n}")
     }
@@ -235,6 +242,7 @@ impl Db for MySql {
     const BACKEND: &'static str = "mysql";
     const TIMESTAMP: &'static str = "TIMESTAMP(6) NULL";
     const UUID: &'static str = "BINARY(16)";
+    const UNSPLIT_KEYS: usize = 32_767;
     fn param(_: usize) -> String {
         "?".into()
     }
