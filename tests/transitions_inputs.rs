@@ -511,6 +511,124 @@ async fn sqlite_in_memory_a_batch_of_32767_issued_invoices_is_paid_whole() {
     a_batch_of_32767_issued_invoices_is_paid_whole::<sqlx::Sqlite>(pool).await;
 }
 
+// ---- assignments that read a column the statement writes -----------------
+
+/// Issue 10 item 7's input: `close: Open -> Closed` records the state it
+/// closed from.
+#[derive(StateMachine, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[state_machine(table = "accts", column = "status", key = "id")]
+#[state_machine(transitions(close: Open -> Closed))]
+#[state_machine(assign(close, closed_from = "status"))]
+enum Acct {
+    #[state_machine(initial)]
+    Open,
+    Closed,
+}
+
+/// The same with several sources (MySQL reports the source through
+/// `LAST_INSERT_ID` inside the state column's assignment) and a history.
+#[derive(StateMachine, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[state_machine(
+    table = "accts",
+    column = "status",
+    key = "id",
+    history = "acct_history"
+)]
+#[state_machine(transitions(freeze: Open -> Frozen, close: Open | Frozen -> Closed))]
+#[state_machine(assign(
+    close,
+    closed_from = "status",
+    note = "CASE status WHEN 'frozen' THEN 'thawed' ELSE 'direct' END"
+))]
+enum AcctFrozen {
+    #[state_machine(initial)]
+    Open,
+    Frozen,
+    Closed,
+}
+
+/// `closed_from` and `note` of account `id`.
+async fn closed<DB: Db>(pool: &Pool<DB>, id: i64) -> (Option<String>, Option<String>) {
+    let read = |column: &str| format!("SELECT {column} FROM accts WHERE id = {id}");
+    (
+        DB::text(pool, &read("closed_from")).await,
+        DB::text(pool, &read("note")).await,
+    )
+}
+
+/// An extra assignment that reads the state column gets the state before
+/// the transition on every backend (MySQL evaluates `SET` left to right,
+/// so the state column is assigned last), through `apply` and
+/// `apply_many`, with one source and with several.
+async fn an_assignment_reading_the_state_column_gets_the_state_before<DB: Db>(pool: Pool<DB>)
+where
+    i64: Key<DB>,
+{
+    DB::exec(
+        &pool,
+        "CREATE TABLE accts (id BIGINT PRIMARY KEY, status VARCHAR(16) NOT NULL, \
+         closed_from VARCHAR(16), note VARCHAR(16))",
+    )
+    .await;
+    assert!(idem_sqlx::history::install::<AcctFrozen, DB>(&pool)
+        .await
+        .unwrap());
+    DB::exec(
+        &pool,
+        "INSERT INTO accts (id, status) VALUES (1, 'open'), (2, 'open'), (3, 'frozen'), \
+         (4, 'open'), (5, 'frozen'), (6, 'open')",
+    )
+    .await;
+    let open = |note: Option<&str>| (Some("open".to_owned()), note.map(str::to_owned));
+    let frozen = (Some("frozen".to_owned()), Some("thawed".to_owned()));
+    assert!(Acct::close().apply(&pool, 1i64).await.unwrap().is_applied());
+    assert_eq!(closed(&pool, 1).await, open(None));
+    use AcctFrozen::*;
+    let close = AcctFrozen::close();
+    assert_eq!(
+        close.apply(&pool, 2i64).await.unwrap(),
+        Outcome::Applied {
+            from: Open,
+            to: Closed
+        }
+    );
+    assert_eq!(closed(&pool, 2).await, open(Some("direct")));
+    assert_eq!(
+        close.apply(&pool, 3i64).await.unwrap(),
+        Outcome::Applied {
+            from: Frozen,
+            to: Closed
+        }
+    );
+    assert_eq!(closed(&pool, 3).await, frozen);
+    let outcomes = close.apply_many(&pool, &[4i64, 5]).await.unwrap();
+    assert_eq!(
+        outcomes,
+        [
+            Outcome::Applied {
+                from: Open,
+                to: Closed
+            },
+            Outcome::Applied {
+                from: Frozen,
+                to: Closed
+            }
+        ]
+    );
+    assert_eq!(closed(&pool, 4).await, open(Some("direct")));
+    assert_eq!(closed(&pool, 5).await, frozen);
+    assert!(Acct::close().apply_many(&pool, &[6i64]).await.unwrap()[0].is_applied());
+    assert_eq!(closed(&pool, 6).await, open(None));
+    let history = DB::count(
+        &pool,
+        "SELECT COUNT(*) FROM acct_history WHERE to_state = 'closed' AND \
+         ((entity_key IN ('2', '4') AND from_state = 'open') \
+         OR (entity_key IN ('3', '5') AND from_state = 'frozen'))",
+    )
+    .await;
+    assert_eq!(history, 4);
+}
+
 // ---- every case on every backend -------------------------------------------
 
 macro_rules! suite {
@@ -544,4 +662,5 @@ suite!(
     batches_around_the_chunk_size_get_each_outcome_as_if_applied_alone,
     batches_around_the_bind_parameter_limit_get_each_outcome_as_if_applied_alone,
     a_batch_spanning_chunks_is_atomic_and_writes_its_history,
+    an_assignment_reading_the_state_column_gets_the_state_before,
 );

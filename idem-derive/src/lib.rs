@@ -72,7 +72,14 @@ use syn::{parse_macro_input, DeriveInput};
 /// `table` and `history` are `[A-Za-z_][A-Za-z0-9_]*`, optionally
 /// schema-qualified (`billing.invoices`); `column`, `key` and `assign`
 /// columns are `[A-Za-z_][A-Za-z0-9_]*`. They are quoted per dialect in the
-/// SQL. `assign` expressions are SQL text, embedded as written.
+/// SQL. `assign` expressions are SQL text, embedded as written, and sent
+/// to every backend. They are evaluated against the row as it was before
+/// the transition on every backend: MySQL and MariaDB evaluate `SET` from
+/// left to right, so the state column is assigned after the extra
+/// assignments and an expression reading it (`closed_from = "status"`)
+/// gets the state the row moved from. An expression reading a column that
+/// another assignment of the same transition writes has no order that
+/// means the same on every backend, and is a compile error.
 ///
 /// # The transition table
 ///
@@ -108,7 +115,8 @@ use syn::{parse_macro_input, DeriveInput};
 /// struct or union; an unsafe SQL identifier; an unknown, misplaced or
 /// duplicate key; a missing `transitions`; a transition named `mermaid` or
 /// `dot`; an empty or duplicate stored value; `assign` naming an unknown
-/// transition or the state column.
+/// transition or the state column, or an `assign` expression reading a
+/// column another assignment of its transition writes.
 #[proc_macro_derive(StateMachine, attributes(state_machine))]
 pub fn derive_state_machine(input: TokenStream) -> TokenStream {
     let input = parse_macro_input!(input as DeriveInput);

@@ -76,8 +76,11 @@ struct Parts {
     tbl: String,
     col: String,
     key: String,
-    /// `"status" = 'paid', "paid_at" = now()`
+    /// `"paid_at" = now(), "status" = 'paid'`: the extra assignments, then
+    /// the state column's (see [`Parts::set`]).
     set: String,
+    /// The extra assignments alone: `"paid_at" = now()`.
+    extras: Vec<String>,
     /// `'draft', 'issued'`
     sources: String,
     target: String,
@@ -91,16 +94,19 @@ impl Parts {
     fn new(d: Dialect, table: &TableSpec<'_>, t: &TransitionSpec<'_>) -> Parts {
         let col = d.quote_ident(table.column);
         let target = literal(t.target);
-        let mut set = format!("{col} = {target}");
-        for (column, expr) in t.assignments {
-            set.push_str(&format!(", {} = {expr}", d.quote_ident(column)));
-        }
+        let extras: Vec<String> = t
+            .assignments
+            .iter()
+            .map(|(column, expr)| format!("{} = {expr}", d.quote_ident(column)))
+            .collect();
+        let set = Parts::set(&extras, &format!("{col} = {target}"));
         Parts {
             d,
             tbl: d.quote_ident(table.name),
             key: d.quote_ident(table.key),
             col,
             set,
+            extras,
             sources: t
                 .sources
                 .iter()
@@ -117,6 +123,21 @@ impl Parts {
                 .collect::<Vec<_>>()
                 .join(", "),
         }
+    }
+
+    /// The SET list: the extra assignments first, the state column's last.
+    /// MySQL and MariaDB evaluate a single-table `SET` from left to right,
+    /// each right-hand side seeing the assignments before it, where
+    /// PostgreSQL and SQLite (and standard SQL) read every right-hand side
+    /// from the row as it was. With the state column assigned last, an
+    /// extra assignment that reads it (`closed_from = status`) gets the
+    /// state before the transition on every backend. The derive refuses an
+    /// extra assignment that reads a column another one writes (`valid.rs`),
+    /// the one case no order makes portable.
+    fn set(extras: &[String], state: &str) -> String {
+        let mut set = extras.to_vec();
+        set.push(state.to_owned());
+        set.join(", ")
     }
 
     fn history_columns(&self) -> String {
@@ -222,7 +243,8 @@ impl Parts {
     /// MySQL / MariaDB: the guarded update. A multi-source transition hands
     /// the 1-based position of the state it moved from to the client in
     /// the OK packet's last-insert-id (`LAST_INSERT_ID(expr)` evaluated on
-    /// the old value, inside the assignment of the state column itself).
+    /// the old value, inside the assignment of the state column itself,
+    /// which comes last: no assignment before it writes that column).
     fn mysql_apply(&self, multi: bool) -> String {
         let Parts {
             tbl,
@@ -231,16 +253,19 @@ impl Parts {
             set,
             sources,
             target,
+            extras,
             ..
         } = self;
-        if !multi {
-            return format!("UPDATE {tbl} SET {set} WHERE {key} = ? AND {col} IN ({sources})");
-        }
-        let set = set.replacen(
-            &format!("{col} = {target}"),
-            &format!("{col} = IF(LAST_INSERT_ID(FIELD({col}, {sources})) > 0, {target}, {target})"),
-            1,
-        );
+        let set = if multi {
+            Parts::set(
+                extras,
+                &format!(
+                    "{col} = IF(LAST_INSERT_ID(FIELD({col}, {sources})) > 0, {target}, {target})"
+                ),
+            )
+        } else {
+            set.clone()
+        };
         format!("UPDATE {tbl} SET {set} WHERE {key} = ? AND {col} IN ({sources})")
     }
 
@@ -509,9 +534,35 @@ mod tests {
         let s = statements(Dialect::MySql, &table, &t);
         assert_eq!(
             s.apply,
-            "UPDATE `billing`.`invoices` SET `status` = 'paid', `paid_at` = CURRENT_TIMESTAMP \
+            "UPDATE `billing`.`invoices` SET `paid_at` = CURRENT_TIMESTAMP, `status` = 'paid' \
              WHERE `id` = ? AND `status` IN ('issued')"
         );
+    }
+
+    #[test]
+    fn the_state_column_is_assigned_last_so_extras_read_the_state_before() {
+        let sources = ["open".to_owned(), "frozen".to_owned()];
+        let assignments = [("closed_from".to_owned(), "status".to_owned())];
+        let t = TransitionSpec {
+            name: "close",
+            sources: &sources,
+            target: "closed",
+            assignments: &assignments,
+        };
+        let s = statements(Dialect::MySql, &invoices(None), &t);
+        assert_eq!(
+            s.apply,
+            "UPDATE `invoices` SET `closed_from` = status, `status` = \
+             IF(LAST_INSERT_ID(FIELD(`status`, 'open', 'frozen')) > 0, 'closed', 'closed') \
+             WHERE `id` = ? AND `status` IN ('open', 'frozen')"
+        );
+        assert_eq!(
+            s.many_from[1],
+            "UPDATE `invoices` SET `closed_from` = status, `status` = 'closed' \
+             WHERE `status` = 'frozen' AND `id` IN ("
+        );
+        let s = statements(Dialect::Sqlite, &invoices(None), &t);
+        assert!(s.apply_from[0].contains("SET \"closed_from\" = status, \"status\" = 'closed'"));
     }
 
     #[test]
