@@ -16,7 +16,7 @@ use async_trait::async_trait;
 use idem::prelude::*;
 use idem_sqlx::{Error, HandlerError, Key};
 use sqlx::{Acquire, Pool};
-use transitions_support::{Db, Recorder};
+use transitions_support::{Db, Recorder, Sessions};
 
 // ---- a row whose state is NULL ---------------------------------------------
 
@@ -629,6 +629,191 @@ where
     assert_eq!(history, 4);
 }
 
+// ---- literals a server mode could reinterpret ------------------------------
+
+/// Stored values with every character the derive renders into a literal
+/// and that some dialect or mode treats specially outside a string: quotes,
+/// `%` and `_`, placeholders (`?`, `$1`), comment openers, non-ASCII. (A
+/// backslash or a control character is a compile error:
+/// `idem-derive/tests/ui/fail/unportable_literal.rs`.)
+#[derive(StateMachine, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[state_machine(table = "docs", column = "status", key = "id", history = "doc_history")]
+#[state_machine(transitions(hold: Active -> Held, archive: Active | Held -> Archived))]
+enum Doc {
+    #[state_machine(initial)]
+    Active,
+    #[state_machine(rename = "on hold: it's \"50%\"_? $1 -- /* é ✓")]
+    Held,
+    #[state_machine(rename = "archived/2024 'q' ?")]
+    Archived,
+}
+
+async fn doc_status<DB: Db>(pool: &Pool<DB>, id: i64) -> String {
+    DB::text(pool, &format!("SELECT status FROM docs WHERE id = {id}"))
+        .await
+        .unwrap()
+}
+
+/// The history of document `id`, oldest first, as `(from, to)`.
+async fn doc_history<DB: Db>(pool: &Pool<DB>, id: i64) -> Vec<(String, String)> {
+    let n = DB::count(
+        pool,
+        &format!("SELECT COUNT(*) FROM doc_history WHERE entity_key = '{id}'"),
+    )
+    .await;
+    let mut rows = Vec::new();
+    for i in 0..n {
+        let row = |column: &str| {
+            format!(
+                "SELECT {column} FROM doc_history WHERE entity_key = '{id}' \
+                 ORDER BY id LIMIT 1 OFFSET {i}"
+            )
+        };
+        let from = DB::text(pool, &row("from_state")).await.unwrap();
+        let to = DB::text(pool, &row("to_state")).await.unwrap();
+        rows.push((from, to));
+    }
+    rows
+}
+
+/// Every stored value is written and read back exactly, in rows and in
+/// history, through `apply` and `apply_many`, and a second call is a
+/// no-op (issue 10 item 12: on MariaDB a mangled value made it
+/// `UnknownState`).
+async fn stored_values_keep_every_character<DB: Db>(pool: Pool<DB>)
+where
+    i64: Key<DB>,
+{
+    DB::exec(
+        &pool,
+        "CREATE TABLE docs (id BIGINT PRIMARY KEY, status VARCHAR(64) NOT NULL)",
+    )
+    .await;
+    assert!(idem_sqlx::history::install::<Doc, DB>(&pool).await.unwrap());
+    DB::exec(&pool, "INSERT INTO docs (id, status) VALUES (1, 'active'), (2, 'active'), (3, 'active'), (4, 'active')").await;
+    use Doc::*;
+    assert_eq!(
+        Doc::hold().apply(&pool, 1i64).await.unwrap(),
+        Outcome::Applied {
+            from: Active,
+            to: Held
+        }
+    );
+    assert_eq!(doc_status(&pool, 1).await, Held.as_str());
+    assert_eq!(
+        Doc::archive().apply(&pool, 1i64).await.unwrap(),
+        Outcome::Applied {
+            from: Held,
+            to: Archived
+        }
+    );
+    assert_eq!(
+        Doc::archive().apply(&pool, 1i64).await.unwrap(),
+        Outcome::AlreadyApplied { state: Archived }
+    );
+    assert_eq!(
+        Doc::hold().apply(&pool, 1i64).await.unwrap(),
+        Outcome::Rejected { current: Archived }
+    );
+    assert_eq!(doc_status(&pool, 1).await, Archived.as_str());
+    assert_eq!(
+        Doc::archive().apply(&pool, 2i64).await.unwrap(),
+        Outcome::Applied {
+            from: Active,
+            to: Archived
+        }
+    );
+    let held = Doc::hold().apply_many(&pool, &[3i64, 4, 3]).await.unwrap();
+    assert_eq!(
+        held,
+        [
+            Outcome::Applied {
+                from: Active,
+                to: Held
+            },
+            Outcome::Applied {
+                from: Active,
+                to: Held
+            },
+            Outcome::AlreadyApplied { state: Held },
+        ]
+    );
+    let archived = Doc::archive()
+        .apply_many(&pool, &[3i64, 4, 2])
+        .await
+        .unwrap();
+    assert_eq!(
+        archived,
+        [
+            Outcome::Applied {
+                from: Held,
+                to: Archived
+            },
+            Outcome::Applied {
+                from: Held,
+                to: Archived
+            },
+            Outcome::AlreadyApplied { state: Archived },
+        ]
+    );
+    let (active, held, archived) = (Active.to_string(), Held.to_string(), Archived.to_string());
+    for id in [1, 3, 4] {
+        assert_eq!(doc_status(&pool, id).await, archived);
+        assert_eq!(
+            doc_history(&pool, id).await,
+            [
+                (active.clone(), held.clone()),
+                (held.clone(), archived.clone())
+            ]
+        );
+    }
+    assert_eq!(doc_history(&pool, 2).await, [(active, archived)]);
+}
+
+/// [`stored_values_keep_every_character`] on MariaDB with the session's
+/// `sql_mode` set to `mode` (an expression), which must hold
+/// NO_BACKSLASH_ESCAPES or not as `no_backslash_escapes` says.
+async fn on_mysql_with_sql_mode(mode: &str, no_backslash_escapes: bool) {
+    let Some(base) = <sqlx::MySql as Db>::pool(1).await else {
+        return;
+    };
+    let set = format!("SET SESSION sql_mode = {mode}");
+    let pool = sqlx::MySql::pool_with_session(&base, 4, set).await;
+    let read = "SELECT CAST(@@SESSION.sql_mode AS CHAR)";
+    let mode = <sqlx::MySql as Db>::text(&pool, read).await.unwrap();
+    assert_eq!(
+        mode.contains("NO_BACKSLASH_ESCAPES"),
+        no_backslash_escapes,
+        "{mode}"
+    );
+    stored_values_keep_every_character(pool).await;
+}
+
+#[tokio::test]
+async fn mysql_stored_values_keep_every_character_with_no_backslash_escapes() {
+    on_mysql_with_sql_mode("CONCAT(@@sql_mode, ',NO_BACKSLASH_ESCAPES')", true).await;
+}
+
+/// The server's default has it off; cleared explicitly all the same.
+#[tokio::test]
+async fn mysql_stored_values_keep_every_character_without_no_backslash_escapes() {
+    on_mysql_with_sql_mode("REPLACE(@@sql_mode, 'NO_BACKSLASH_ESCAPES', '')", false).await;
+}
+
+/// PostgreSQL with standard_conforming_strings off on the session
+/// (backslashes in ordinary literals are escapes then).
+#[tokio::test]
+async fn postgres_stored_values_keep_every_character_with_standard_conforming_strings_off() {
+    let Some(base) = <sqlx::Postgres as Db>::pool(1).await else {
+        return;
+    };
+    let set = "SET standard_conforming_strings = off".to_owned();
+    let pool = sqlx::Postgres::pool_with_session(&base, 4, set).await;
+    let setting = <sqlx::Postgres as Db>::text(&pool, "SHOW standard_conforming_strings").await;
+    assert_eq!(setting.as_deref(), Some("off"));
+    stored_values_keep_every_character(pool).await;
+}
+
 // ---- every case on every backend -------------------------------------------
 
 macro_rules! suite {
@@ -663,4 +848,5 @@ suite!(
     batches_around_the_bind_parameter_limit_get_each_outcome_as_if_applied_alone,
     a_batch_spanning_chunks_is_atomic_and_writes_its_history,
     an_assignment_reading_the_state_column_gets_the_state_before,
+    stored_values_keep_every_character,
 );

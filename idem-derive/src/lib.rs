@@ -73,7 +73,8 @@ use syn::{parse_macro_input, DeriveInput};
 /// schema-qualified (`billing.invoices`); `column`, `key` and `assign`
 /// columns are `[A-Za-z_][A-Za-z0-9_]*`. They are quoted per dialect in the
 /// SQL. `assign` expressions are SQL text, embedded as written, and sent
-/// to every backend. They are evaluated against the row as it was before
+/// to every backend, so they may hold no backslash and no double-quoted
+/// name (a string on MySQL): both are compile errors. They are evaluated against the row as it was before
 /// the transition on every backend: MySQL and MariaDB evaluate `SET` from
 /// left to right, so the state column is assigned after the extra
 /// assignments and an expression reading it (`closed_from = "status"`)
@@ -92,7 +93,11 @@ use syn::{parse_macro_input, DeriveInput};
 /// - `#[state_machine(initial)]`: rows may be created in this state. Several
 ///   states may be initial; when none is marked, the first variant is.
 /// - `#[state_machine(rename = "...")]`: the stored value, overriding
-///   `rename_all`; non-empty, without control characters.
+///   `rename_all`; non-empty, without control characters or backslashes
+///   (the value is a string literal in the SQL, and MySQL/MariaDB without
+///   `NO_BACKSLASH_ESCAPES`, like PostgreSQL with
+///   `standard_conforming_strings` off, would read a backslash as an
+///   escape).
 ///
 /// # Generated
 ///
@@ -114,9 +119,11 @@ use syn::{parse_macro_input, DeriveInput};
 /// reachable from any initial state; a variant with fields; generics; a
 /// struct or union; an unsafe SQL identifier; an unknown, misplaced or
 /// duplicate key; a missing `transitions`; a transition named `mermaid` or
-/// `dot`; an empty or duplicate stored value; `assign` naming an unknown
+/// `dot`; an empty or duplicate stored value, or one with a control
+/// character or a backslash; `assign` naming an unknown
 /// transition or the state column, or an `assign` expression reading a
-/// column another assignment of its transition writes.
+/// column another assignment of its transition writes, or holding a
+/// backslash or a double-quoted name.
 #[proc_macro_derive(StateMachine, attributes(state_machine))]
 pub fn derive_state_machine(input: TokenStream) -> TokenStream {
     let input = parse_macro_input!(input as DeriveInput);

@@ -3,7 +3,8 @@
 //! expansion brings into scope for the crate path in use).
 //!
 //! Identifiers are quoted per dialect (they were validated as plain SQL
-//! identifiers before), states are embedded as string literals, and the
+//! identifiers before), states are embedded as string literals (validated
+//! to mean the same text in every dialect and server mode), and the
 //! row key is the only bind parameter. What each statement is for is
 //! documented on `idem_core::DialectSql`; the runtime that sends them lives
 //! in idem-sqlx.
@@ -66,6 +67,11 @@ impl Dialect {
     }
 }
 
+/// A string literal: `'...'` with each `'` doubled, which every dialect
+/// reads the same in every server mode, as long as the value holds no
+/// backslash (an escape on MySQL without NO_BACKSLASH_ESCAPES and on
+/// PostgreSQL with standard_conforming_strings off) and no control
+/// character: `valid.rs` refuses both in stored values.
 fn literal(value: &str) -> String {
     format!("'{}'", value.replace('\'', "''"))
 }

@@ -114,6 +114,17 @@ fn check_values(cx: &Ctxt, machine: &Machine<'_>) {
                     state.value
                 ),
             );
+        } else if state.value.contains('\\') {
+            cx.error_spanned_by(
+                &at,
+                format!(
+                    "the stored value {:?} contains a backslash, which the SQL literal of the state \
+                     would not keep on every server: MySQL and MariaDB read it as an escape unless \
+                     NO_BACKSLASH_ESCAPES is set, and so does PostgreSQL with \
+                     standard_conforming_strings off; choose a value without `\\`",
+                    state.value
+                ),
+            );
         } else if let Some(first) = seen.get(state.value.as_str()) {
             cx.duplicate(
                 &at,
@@ -410,6 +421,14 @@ fn assignments(
                 &assign.expr,
                 "the SQL expression is empty: write the value to assign, e.g. \"CURRENT_TIMESTAMP\"",
             );
+        } else if let Some(reason) = unportable(&assign.expr.value()) {
+            cx.error_spanned_by(
+                &assign.expr,
+                format!(
+                    "this expression for `{column}` is sent as written to PostgreSQL, MySQL and \
+                     SQLite, and {reason}"
+                ),
+            );
         } else {
             seen.insert((index, column.clone()), &assign.column);
             accepted[index].push(assign);
@@ -461,6 +480,37 @@ fn check_reads(cx: &Ctxt, assigns: &[&Assign]) {
             cx.syn_error(error);
         }
     }
+}
+
+/// Why an `assign` expression would not mean the same on every backend and
+/// in every server mode, if it would not: a backslash (an escape in
+/// MySQL's strings unless NO_BACKSLASH_ESCAPES is set, and in
+/// PostgreSQL's with standard_conforming_strings off; `\N` is NULL in
+/// MySQL), or a double quote outside a string literal (a quoted name on
+/// PostgreSQL and SQLite, a string on MySQL unless ANSI_QUOTES is set).
+fn unportable(expr: &str) -> Option<&'static str> {
+    if expr.contains('\\') {
+        return Some(
+            "a backslash means different things there: MySQL and MariaDB read it as an \
+             escape unless NO_BACKSLASH_ESCAPES is set, and so does PostgreSQL with \
+             standard_conforming_strings off; write the expression without `\\`",
+        );
+    }
+    let mut in_string = false;
+    for c in expr.chars() {
+        match c {
+            '\'' => in_string = !in_string,
+            '"' if !in_string => {
+                return Some(
+                    "a double-quoted name is a column on PostgreSQL and SQLite but a string on \
+                     MySQL and MariaDB unless ANSI_QUOTES is set; write the name unquoted, or \
+                     a string in single quotes",
+                )
+            }
+            _ => {}
+        }
+    }
+    None
 }
 
 /// The names an SQL expression may read a column by, lower-cased: bare

@@ -9,7 +9,7 @@ use idem_derive::StateMachine;
     close,
     closed_from = "status",
     closed_at = "CURRENT_TIMESTAMP",
-    note = "coalesce(\"Closed_At\", 'never')",
+    note = "coalesce(Closed_At, 'never')",
 ))]
 enum Account {
     Open,
