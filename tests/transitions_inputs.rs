@@ -814,6 +814,271 @@ async fn postgres_stored_values_keep_every_character_with_standard_conforming_st
     stored_values_keep_every_character(pool).await;
 }
 
+// ---- schema-qualified tables ----------------------------------------------
+
+/// Invoices in another schema (PostgreSQL), database (MySQL) or attached
+/// database (SQLite), with their history there too. The name is fixed at
+/// compile time, so the server tests hold a lock while they use it.
+#[derive(StateMachine, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[state_machine(
+    table = "idem_billing.invoices",
+    column = "status",
+    key = "id",
+    history = "idem_billing.invoice_history"
+)]
+#[state_machine(transitions(
+    issue: Draft -> Issued,
+    pay: Issued -> Paid,
+    void: Draft | Issued -> Void,
+))]
+#[state_machine(assign(pay, paid_at = "CURRENT_TIMESTAMP"))]
+enum Billed {
+    #[state_machine(initial)]
+    Draft,
+    Issued,
+    Paid,
+    Void,
+}
+
+/// Runs the charge of a payment in the transition's transaction.
+struct Charge;
+
+#[async_trait]
+impl<DB: idem_sqlx::Backend> TransitionHandler<Billed, DB, i64> for Charge
+where
+    i64: Key<DB>,
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+    for<'q> DB::Arguments<'q>: sqlx::IntoArguments<'q, DB>,
+{
+    type Error = sqlx::Error;
+
+    async fn on_applied(
+        &self,
+        conn: &mut DB::Connection,
+        change: Change<'_, Billed, i64>,
+    ) -> Result<(), sqlx::Error> {
+        let sql = format!(
+            "INSERT INTO idem_billing.charges (invoice_id) VALUES ({})",
+            change.key
+        );
+        sqlx::query(&sql).execute(conn).await?;
+        Ok(())
+    }
+}
+
+/// `history::install`, `apply` (one source and several), `apply_with`
+/// and `apply_many` on tables in the schema `idem_billing`, which `pool`
+/// reaches by that name and which is empty.
+async fn schema_qualified_tables_install_and_apply<DB: Db>(pool: Pool<DB>, index: &str)
+where
+    i64: Key<DB>,
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+    for<'q> DB::Arguments<'q>: sqlx::IntoArguments<'q, DB>,
+{
+    let ts = DB::TIMESTAMP;
+    DB::exec(
+        &pool,
+        &format!(
+            "CREATE TABLE idem_billing.invoices \
+             (id BIGINT PRIMARY KEY, status VARCHAR(16) NOT NULL, paid_at {ts})"
+        ),
+    )
+    .await;
+    DB::exec(
+        &pool,
+        "CREATE TABLE idem_billing.charges (invoice_id BIGINT NOT NULL)",
+    )
+    .await;
+    for _ in 0..2 {
+        assert!(idem_sqlx::history::install::<Billed, DB>(&pool)
+            .await
+            .unwrap());
+    }
+    assert_eq!(
+        DB::count(&pool, index).await,
+        1,
+        "the history index, in idem_billing"
+    );
+    let rows = (1..=6)
+        .map(|id| format!("({id}, 'draft')"))
+        .collect::<Vec<_>>();
+    DB::exec(
+        &pool,
+        &format!(
+            "INSERT INTO idem_billing.invoices (id, status) VALUES {}",
+            rows.join(", ")
+        ),
+    )
+    .await;
+    use Billed::*;
+    assert_eq!(
+        Billed::issue().apply(&pool, 1i64).await.unwrap(),
+        Outcome::Applied {
+            from: Draft,
+            to: Issued
+        }
+    );
+    assert_eq!(
+        Billed::issue().apply(&pool, 1i64).await.unwrap(),
+        Outcome::AlreadyApplied { state: Issued }
+    );
+    assert_eq!(
+        Billed::void().apply(&pool, 2i64).await.unwrap(),
+        Outcome::Applied {
+            from: Draft,
+            to: Void
+        }
+    );
+    let mut tx = pool.begin().await.unwrap();
+    assert!(Billed::pay()
+        .apply_with_in(&mut tx, 1i64, &Charge)
+        .await
+        .unwrap()
+        .is_applied());
+    tx.commit().await.unwrap();
+    assert!(Billed::pay()
+        .apply_with(&pool, 1i64, &Charge)
+        .await
+        .unwrap()
+        .is_noop());
+    let issued = Billed::issue()
+        .apply_many(&pool, &[3i64, 4, 3, 99])
+        .await
+        .unwrap();
+    assert_eq!(
+        issued,
+        [
+            Outcome::Applied {
+                from: Draft,
+                to: Issued
+            },
+            Outcome::Applied {
+                from: Draft,
+                to: Issued
+            },
+            Outcome::AlreadyApplied { state: Issued },
+            Outcome::NotFound,
+        ]
+    );
+    let voided = Billed::void()
+        .apply_many(&pool, &[3i64, 5, 1])
+        .await
+        .unwrap();
+    assert_eq!(
+        voided,
+        [
+            Outcome::Applied {
+                from: Issued,
+                to: Void
+            },
+            Outcome::Applied {
+                from: Draft,
+                to: Void
+            },
+            Outcome::Rejected { current: Paid },
+        ]
+    );
+    let count = |sql: &'static str| {
+        let pool = pool.clone();
+        async move { DB::count(&pool, sql).await }
+    };
+    assert_eq!(count("SELECT COUNT(*) FROM idem_billing.charges").await, 1);
+    assert_eq!(
+        count("SELECT COUNT(*) FROM idem_billing.invoices WHERE paid_at IS NOT NULL").await,
+        1
+    );
+    // issue 1, void 2, pay 1, issue 3 and 4, void 3 and 5.
+    assert_eq!(
+        count("SELECT COUNT(*) FROM idem_billing.invoice_history").await,
+        7
+    );
+    assert_eq!(
+        count(
+            "SELECT COUNT(*) FROM idem_billing.invoice_history \
+             WHERE entity_key = '3' AND from_state = 'issued' AND to_state = 'void'"
+        )
+        .await,
+        1
+    );
+}
+
+/// SQLite with an attached database `idem_billing` (attached on every
+/// connection of the pool): issue 10 item 13's input.
+#[tokio::test]
+async fn sqlite_schema_qualified_tables_install_and_apply() {
+    let main = common::sqlite(1).await;
+    let file: String =
+        sqlx::query_scalar("SELECT file FROM pragma_database_list WHERE name = 'main'")
+            .fetch_one(&main)
+            .await
+            .unwrap();
+    let billing = format!("{file}.billing");
+    let attach = format!("ATTACH DATABASE '{billing}' AS idem_billing");
+    let pool = sqlx::sqlite::SqlitePoolOptions::new()
+        .max_connections(4)
+        .after_connect(move |conn, _| {
+            let attach = attach.clone();
+            Box::pin(async move {
+                sqlx::Executor::execute(conn, attach.as_str()).await?;
+                Ok(())
+            })
+        })
+        .connect_with(
+            // ATTACH opens its file with the connection's flags: creating
+            // it needs SQLITE_OPEN_CREATE.
+            sqlx::sqlite::SqliteConnectOptions::new()
+                .filename(&file)
+                .create_if_missing(true)
+                .busy_timeout(std::time::Duration::from_secs(30)),
+        )
+        .await
+        .unwrap();
+    let index = "SELECT COUNT(*) FROM idem_billing.sqlite_master \
+                 WHERE type = 'index' AND name = 'invoice_history_entity_key'";
+    schema_qualified_tables_install_and_apply(pool, index).await;
+}
+
+/// PostgreSQL with the schema `idem_billing`, made afresh under an
+/// advisory lock that other runs of this test wait for.
+#[tokio::test]
+async fn postgres_schema_qualified_tables_install_and_apply() {
+    let Some(pool) = <sqlx::Postgres as Db>::pool(4).await else {
+        return;
+    };
+    let mut lock = pool.acquire().await.unwrap();
+    sqlx::query("SELECT pg_advisory_lock(hashtext('idem_billing'))")
+        .execute(&mut *lock)
+        .await
+        .unwrap();
+    <sqlx::Postgres as Db>::exec(&pool, "DROP SCHEMA IF EXISTS idem_billing CASCADE").await;
+    <sqlx::Postgres as Db>::exec(&pool, "CREATE SCHEMA idem_billing").await;
+    let index = "SELECT COUNT(*) FROM pg_indexes \
+                 WHERE schemaname = 'idem_billing' AND indexname = 'invoice_history_entity_key'";
+    schema_qualified_tables_install_and_apply(pool.clone(), index).await;
+    <sqlx::Postgres as Db>::exec(&pool, "DROP SCHEMA idem_billing CASCADE").await;
+}
+
+/// MySQL/MariaDB with the database `idem_billing`, made afresh under a
+/// named lock that other runs of this test wait for.
+#[tokio::test]
+async fn mysql_schema_qualified_tables_install_and_apply() {
+    let Some(pool) = <sqlx::MySql as Db>::pool(4).await else {
+        return;
+    };
+    let mut lock = pool.acquire().await.unwrap();
+    sqlx::query("SELECT GET_LOCK('idem_billing', 600)")
+        .execute(&mut *lock)
+        .await
+        .unwrap();
+    <sqlx::MySql as Db>::exec(&pool, "DROP DATABASE IF EXISTS idem_billing").await;
+    <sqlx::MySql as Db>::exec(&pool, "CREATE DATABASE idem_billing").await;
+    let index = "SELECT COUNT(DISTINCT index_name) FROM information_schema.statistics \
+                 WHERE table_schema = 'idem_billing' AND table_name = 'invoice_history' \
+                 AND index_name = 'invoice_history_entity_key'";
+    schema_qualified_tables_install_and_apply(pool.clone(), index).await;
+    <sqlx::MySql as Db>::exec(&pool, "DROP DATABASE idem_billing").await;
+}
+
 // ---- every case on every backend -------------------------------------------
 
 macro_rules! suite {

@@ -70,7 +70,8 @@ use syn::{parse_macro_input, DeriveInput};
 /// | `crate = "path"` | where the generated code finds idem-core's items (a path to `idem`, `idem_core` or a re-export of either); by default `::idem::__private_core` (idem-core as re-exported by the facade) when the crate depends on `idem`, else `::idem_core` |
 ///
 /// `table` and `history` are `[A-Za-z_][A-Za-z0-9_]*`, optionally
-/// schema-qualified (`billing.invoices`); `column`, `key` and `assign`
+/// schema-qualified (`billing.invoices`: a PostgreSQL schema, a MySQL
+/// database or an attached SQLite database); `column`, `key` and `assign`
 /// columns are `[A-Za-z_][A-Za-z0-9_]*`. They are quoted per dialect in the
 /// SQL. `assign` expressions are SQL text, embedded as written, and sent
 /// to every backend, so they may hold no backslash and no double-quoted
