@@ -629,6 +629,28 @@ where
     assert_eq!(history, 4);
 }
 
+/// MariaDB's `SIMULTANEOUS_ASSIGNMENT` mode (10.3.5+) makes `SET` read the
+/// row as it was, as standard SQL does: the same values in either mode.
+#[tokio::test]
+async fn mariadb_an_assignment_reading_the_state_column_gets_the_state_before_in_simultaneous_assignment_mode(
+) {
+    let Some(base) = <sqlx::MySql as Db>::pool(1).await else {
+        return;
+    };
+    let version = <sqlx::MySql as Db>::text(&base, "SELECT VERSION()")
+        .await
+        .unwrap();
+    if !version.contains("MariaDB") {
+        eprintln!("{version} is not MariaDB: no SIMULTANEOUS_ASSIGNMENT mode");
+        return;
+    }
+    let set = "SET SESSION sql_mode = CONCAT(@@sql_mode, ',SIMULTANEOUS_ASSIGNMENT')".to_owned();
+    let pool = sqlx::MySql::pool_with_session(&base, 4, set).await;
+    let mode = <sqlx::MySql as Db>::text(&pool, "SELECT CAST(@@SESSION.sql_mode AS CHAR)").await;
+    assert!(mode.unwrap().contains("SIMULTANEOUS_ASSIGNMENT"));
+    an_assignment_reading_the_state_column_gets_the_state_before(pool).await;
+}
+
 // ---- literals a server mode could reinterpret ------------------------------
 
 /// Stored values with every character the derive renders into a literal

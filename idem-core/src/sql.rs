@@ -82,9 +82,12 @@ pub struct DialectSql {
     /// keys as one array and returning `(ord, before, applied, found)` per
     /// key (`ord` counts from 1; `found`: there is a row, so a NULL
     /// `before` is a NULL state). MySQL and SQLite: three fragments of the
-    /// batch read `SELECT CASE key WHEN ? THEN 0 ... END, state FROM ...
-    /// WHERE key IN (?, ...)`, assembled at run time around the
-    /// placeholders: `[head, middle, tail]`.
+    /// batch read of one chunk of keys, assembled at run time around the
+    /// placeholders: `[head, middle, tail]` (MySQL: `SELECT CASE key WHEN ?
+    /// THEN 0 ... END, state FROM ... WHERE key IN (?, ...) LOCK IN SHARE
+    /// MODE`; SQLite: `WITH u(ord, k) AS (VALUES (0, ?), ...) SELECT
+    /// u.ord, state FROM u JOIN ...`, with an empty tail). Every row it
+    /// returns is a row that exists, its state NULL or not.
     pub many: &'static [&'static str],
     /// MySQL and SQLite: the head of the batch compare-and-set `UPDATE`
     /// from exactly `sources[i]`, ending in `IN (`; the placeholders and
