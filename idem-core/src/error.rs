@@ -25,6 +25,23 @@ pub enum Error {
         value: String,
     },
 
+    /// The row exists but its state column is NULL: it is in no state, so
+    /// no transition can be decided. Never reported as a missing row
+    /// ([`Outcome::NotFound`](crate::Outcome::NotFound)); a stored value
+    /// that is not NULL but no state (an empty string among them) is
+    /// [`Error::UnknownState`].
+    #[error(
+        "the {type_name} row exists but its state column is NULL, so `{transition}` cannot tell \
+         which state it is in: set the column to a state (the initial one for a new row) and \
+         declare it NOT NULL"
+    )]
+    NullState {
+        /// The enum's name.
+        type_name: &'static str,
+        /// The transition that read the row.
+        transition: &'static str,
+    },
+
     /// A transition of a state machine without a table binding was applied
     /// to a database.
     #[error(

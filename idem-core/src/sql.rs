@@ -62,8 +62,9 @@ impl TransitionSql {
 #[derive(Debug, PartialEq, Eq)]
 pub struct DialectSql {
     /// The guarded `UPDATE` (on PostgreSQL, a data-modifying CTE around it
-    /// that returns `before` (the state before, as text, NULL when there is
-    /// no row) and `applied`).
+    /// that returns one row: `before` (the state before, as text; NULL when
+    /// there is no row or its state is NULL), `applied` and `found` (whether
+    /// there is a row)).
     pub apply: &'static str,
     /// Reads the row's current state as text (a locking read on MySQL, so
     /// that a REPEATABLE READ transaction sees the latest committed row).
@@ -78,11 +79,15 @@ pub struct DialectSql {
     /// hyphenated UUID).
     pub history: &'static [&'static str],
     /// Batches. PostgreSQL: the whole batch in one statement, binding the
-    /// keys as one array and returning `(ord, before, applied)` per key
-    /// (`ord` counts from 1). MySQL and SQLite: three fragments of the
-    /// batch read `SELECT CASE key WHEN ? THEN 0 ... END, state FROM ...
-    /// WHERE key IN (?, ...)`, assembled at run time around the
-    /// placeholders: `[head, middle, tail]`.
+    /// keys as one array and returning `(ord, before, applied, found)` per
+    /// key (`ord` counts from 1; `found`: there is a row, so a NULL
+    /// `before` is a NULL state). MySQL and SQLite: three fragments of the
+    /// batch read of one chunk of keys, assembled at run time around the
+    /// placeholders: `[head, middle, tail]` (MySQL: `SELECT CASE key WHEN ?
+    /// THEN 0 ... END, state FROM ... WHERE key IN (?, ...) LOCK IN SHARE
+    /// MODE`; SQLite: `WITH u(ord, k) AS (VALUES (0, ?), ...) SELECT
+    /// u.ord, state FROM u JOIN ...`, with an empty tail). Every row it
+    /// returns is a row that exists, its state NULL or not.
     pub many: &'static [&'static str],
     /// MySQL and SQLite: the head of the batch compare-and-set `UPDATE`
     /// from exactly `sources[i]`, ending in `IN (`; the placeholders and

@@ -61,7 +61,10 @@ pub trait State: Copy + Eq + Hash + Debug + Display + Send + Sync + 'static {
 /// Where a state machine is stored: `#[state_machine(table = ..., column = ..., key = ...)]`.
 ///
 /// Identifiers are checked at compile time to be plain SQL identifiers
-/// (`[A-Za-z_][A-Za-z0-9_]*`, optionally `schema.table`).
+/// (`[A-Za-z_][A-Za-z0-9_]*`, optionally `schema.table`). The schema of a
+/// qualified name is a PostgreSQL schema, a MySQL/MariaDB database or an
+/// attached SQLite database (attach it on every connection of the pool);
+/// the table and its history may each be in one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Table {
     /// The table (`"invoices"` or `"billing.invoices"`).

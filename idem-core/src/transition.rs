@@ -1,4 +1,4 @@
-use crate::{Dialect, DialectSql, Outcome, State, TransitionSql};
+use crate::{Dialect, DialectSql, Error, Outcome, State, TransitionSql};
 
 /// One named edge of a state machine: `pay: Issued -> Paid`.
 ///
@@ -54,6 +54,47 @@ impl<S: State> Transition<S> {
     /// start from it.
     pub fn source_index(&self, state: S) -> Option<usize> {
         self.sources.iter().position(|s| *s == state)
+    }
+
+    /// The state a read of the row found: `row` is `None` when there is no
+    /// row, `Some(None)` when the row's state column is NULL and
+    /// `Some(Some(value))` for a stored value.
+    ///
+    /// Errors: a NULL state is [`Error::NullState`] and a value that is no
+    /// state (an empty string among them) [`Error::UnknownState`]: a row
+    /// that exists is never taken for a missing one.
+    ///
+    /// ```
+    /// # use idem_core::{Error, State, Transition};
+    /// # #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+    /// # enum Door { Open, Closed }
+    /// # impl std::fmt::Display for Door {
+    /// #     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result { f.write_str(self.as_str()) }
+    /// # }
+    /// # impl State for Door {
+    /// #     const TYPE_NAME: &'static str = "Door";
+    /// #     const ALL: &'static [Self] = &[Door::Open, Door::Closed];
+    /// #     const INITIAL: &'static [Self] = &[Door::Open];
+    /// #     const TRANSITIONS: &'static [&'static Transition<Self>] =
+    /// #         &[&Transition::new("close", &[Door::Open], Door::Closed, None)];
+    /// #     const TABLE: Option<&'static idem_core::Table> = None;
+    /// #     fn as_str(self) -> &'static str { match self { Door::Open => "open", Door::Closed => "closed" } }
+    /// # }
+    /// let close = Door::transition("close").unwrap();
+    /// assert_eq!(close.state_of(None).unwrap(), None);
+    /// assert_eq!(close.state_of(Some(Some("open"))).unwrap(), Some(Door::Open));
+    /// assert!(matches!(close.state_of(Some(None)), Err(Error::NullState { .. })));
+    /// assert!(matches!(close.state_of(Some(Some(""))), Err(Error::UnknownState { .. })));
+    /// ```
+    pub fn state_of(&self, row: Option<Option<&str>>) -> Result<Option<S>, Error> {
+        match row {
+            None => Ok(None),
+            Some(None) => Err(Error::NullState {
+                type_name: S::TYPE_NAME,
+                transition: self.name,
+            }),
+            Some(Some(value)) => S::parse(value).map(Some),
+        }
     }
 
     /// What it means that the row is in `current` (`None`: there is no

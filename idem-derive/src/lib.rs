@@ -70,9 +70,18 @@ use syn::{parse_macro_input, DeriveInput};
 /// | `crate = "path"` | where the generated code finds idem-core's items (a path to `idem`, `idem_core` or a re-export of either); by default `::idem::__private_core` (idem-core as re-exported by the facade) when the crate depends on `idem`, else `::idem_core` |
 ///
 /// `table` and `history` are `[A-Za-z_][A-Za-z0-9_]*`, optionally
-/// schema-qualified (`billing.invoices`); `column`, `key` and `assign`
+/// schema-qualified (`billing.invoices`: a PostgreSQL schema, a MySQL
+/// database or an attached SQLite database); `column`, `key` and `assign`
 /// columns are `[A-Za-z_][A-Za-z0-9_]*`. They are quoted per dialect in the
-/// SQL. `assign` expressions are SQL text, embedded as written.
+/// SQL. `assign` expressions are SQL text, embedded as written, and sent
+/// to every backend, so they may hold no backslash and no double-quoted
+/// name (a string on MySQL): both are compile errors. They are evaluated against the row as it was before
+/// the transition on every backend: MySQL and MariaDB evaluate `SET` from
+/// left to right, so the state column is assigned after the extra
+/// assignments and an expression reading it (`closed_from = "status"`)
+/// gets the state the row moved from. An expression reading a column that
+/// another assignment of the same transition writes has no order that
+/// means the same on every backend, and is a compile error.
 ///
 /// # The transition table
 ///
@@ -85,7 +94,11 @@ use syn::{parse_macro_input, DeriveInput};
 /// - `#[state_machine(initial)]`: rows may be created in this state. Several
 ///   states may be initial; when none is marked, the first variant is.
 /// - `#[state_machine(rename = "...")]`: the stored value, overriding
-///   `rename_all`; non-empty, without control characters.
+///   `rename_all`; non-empty, without control characters or backslashes
+///   (the value is a string literal in the SQL, and MySQL/MariaDB without
+///   `NO_BACKSLASH_ESCAPES`, like PostgreSQL with
+///   `standard_conforming_strings` off, would read a backslash as an
+///   escape).
 ///
 /// # Generated
 ///
@@ -107,8 +120,11 @@ use syn::{parse_macro_input, DeriveInput};
 /// reachable from any initial state; a variant with fields; generics; a
 /// struct or union; an unsafe SQL identifier; an unknown, misplaced or
 /// duplicate key; a missing `transitions`; a transition named `mermaid` or
-/// `dot`; an empty or duplicate stored value; `assign` naming an unknown
-/// transition or the state column.
+/// `dot`; an empty or duplicate stored value, or one with a control
+/// character or a backslash; `assign` naming an unknown
+/// transition or the state column, or an `assign` expression reading a
+/// column another assignment of its transition writes, or holding a
+/// backslash or a double-quoted name.
 #[proc_macro_derive(StateMachine, attributes(state_machine))]
 pub fn derive_state_machine(input: TokenStream) -> TokenStream {
     let input = parse_macro_input!(input as DeriveInput);

@@ -3,7 +3,8 @@
 //! expansion brings into scope for the crate path in use).
 //!
 //! Identifiers are quoted per dialect (they were validated as plain SQL
-//! identifiers before), states are embedded as string literals, and the
+//! identifiers before), states are embedded as string literals (validated
+//! to mean the same text in every dialect and server mode), and the
 //! row key is the only bind parameter. What each statement is for is
 //! documented on `idem_core::DialectSql`; the runtime that sends them lives
 //! in idem-sqlx.
@@ -66,6 +67,11 @@ impl Dialect {
     }
 }
 
+/// A string literal: `'...'` with each `'` doubled, which every dialect
+/// reads the same in every server mode, as long as the value holds no
+/// backslash (an escape on MySQL without NO_BACKSLASH_ESCAPES and on
+/// PostgreSQL with standard_conforming_strings off) and no control
+/// character: `valid.rs` refuses both in stored values.
 fn literal(value: &str) -> String {
     format!("'{}'", value.replace('\'', "''"))
 }
@@ -76,8 +82,11 @@ struct Parts {
     tbl: String,
     col: String,
     key: String,
-    /// `"status" = 'paid', "paid_at" = now()`
+    /// `"paid_at" = now(), "status" = 'paid'`: the extra assignments, then
+    /// the state column's (see [`Parts::set`]).
     set: String,
+    /// The extra assignments alone: `"paid_at" = now()`.
+    extras: Vec<String>,
     /// `'draft', 'issued'`
     sources: String,
     target: String,
@@ -91,16 +100,19 @@ impl Parts {
     fn new(d: Dialect, table: &TableSpec<'_>, t: &TransitionSpec<'_>) -> Parts {
         let col = d.quote_ident(table.column);
         let target = literal(t.target);
-        let mut set = format!("{col} = {target}");
-        for (column, expr) in t.assignments {
-            set.push_str(&format!(", {} = {expr}", d.quote_ident(column)));
-        }
+        let extras: Vec<String> = t
+            .assignments
+            .iter()
+            .map(|(column, expr)| format!("{} = {expr}", d.quote_ident(column)))
+            .collect();
+        let set = Parts::set(&extras, &format!("{col} = {target}"));
         Parts {
             d,
             tbl: d.quote_ident(table.name),
             key: d.quote_ident(table.key),
             col,
             set,
+            extras,
             sources: t
                 .sources
                 .iter()
@@ -117,6 +129,21 @@ impl Parts {
                 .collect::<Vec<_>>()
                 .join(", "),
         }
+    }
+
+    /// The SET list: the extra assignments first, the state column's last.
+    /// MySQL and MariaDB evaluate a single-table `SET` from left to right,
+    /// each right-hand side seeing the assignments before it, where
+    /// PostgreSQL and SQLite (and standard SQL) read every right-hand side
+    /// from the row as it was. With the state column assigned last, an
+    /// extra assignment that reads it (`closed_from = status`) gets the
+    /// state before the transition on every backend. The derive refuses an
+    /// extra assignment that reads a column another one writes (`valid.rs`),
+    /// the one case no order makes portable.
+    fn set(extras: &[String], state: &str) -> String {
+        let mut set = extras.to_vec();
+        set.push(state.to_owned());
+        set.join(", ")
     }
 
     fn history_columns(&self) -> String {
@@ -166,7 +193,7 @@ impl Parts {
         }
         sql.push_str(
             " SELECT CAST((SELECT s FROM prev) AS TEXT) AS before, \
-             EXISTS (SELECT 1 FROM upd) AS applied",
+             EXISTS (SELECT 1 FROM upd) AS applied, EXISTS (SELECT 1 FROM prev) AS found",
         );
         sql
     }
@@ -175,10 +202,12 @@ impl Parts {
     /// first occurrence with a window function, and the result joins `upd`,
     /// so the statement stays linear in the batch size); the update compares
     /// and sets the state each row had in the statement's snapshot; a key
-    /// given twice is applied for its first occurrence only. A row holding a value
-    /// that is no state stops the whole update: the batch fails with
-    /// `UnknownState` and, being one autocommitted statement, must not have
-    /// moved the other rows.
+    /// given twice is applied for its first occurrence only. A row holding a
+    /// value that is no state, or a NULL state, stops the whole update: the
+    /// batch fails with `UnknownState` or `NullState` and, being one
+    /// autocommitted statement, must not have moved the other rows. `found`
+    /// tells a row whose state is NULL from no row (both have a NULL
+    /// `before`).
     fn postgres_many(&self) -> String {
         let Parts {
             tbl,
@@ -195,7 +224,8 @@ impl Parts {
              prev AS (SELECT {key} AS k, {col} AS s FROM {tbl} WHERE {key} = ANY($1)), \
              upd AS (UPDATE {tbl} SET {set} FROM prev WHERE {tbl}.{key} = prev.k \
              AND {tbl}.{col} = prev.s AND prev.s IN ({sources}) \
-             AND NOT EXISTS (SELECT 1 FROM prev AS p WHERE CAST(p.s AS TEXT) NOT IN ({states})) \
+             AND NOT EXISTS (SELECT 1 FROM prev AS p \
+             WHERE p.s IS NULL OR CAST(p.s AS TEXT) NOT IN ({states})) \
              RETURNING prev.k, prev.s)"
         );
         if let Some(history) = &self.history {
@@ -209,7 +239,7 @@ impl Parts {
         }
         sql.push_str(
             " SELECT u.ord, CAST(prev.s AS TEXT) AS before, \
-             (upd.k IS NOT NULL AND u.ord = u.first) AS applied \
+             (upd.k IS NOT NULL AND u.ord = u.first) AS applied, prev.k IS NOT NULL AS found \
              FROM u LEFT JOIN prev ON prev.k = u.k LEFT JOIN upd ON upd.k = u.k \
              ORDER BY u.ord",
         );
@@ -219,7 +249,8 @@ impl Parts {
     /// MySQL / MariaDB: the guarded update. A multi-source transition hands
     /// the 1-based position of the state it moved from to the client in
     /// the OK packet's last-insert-id (`LAST_INSERT_ID(expr)` evaluated on
-    /// the old value, inside the assignment of the state column itself).
+    /// the old value, inside the assignment of the state column itself,
+    /// which comes last: no assignment before it writes that column).
     fn mysql_apply(&self, multi: bool) -> String {
         let Parts {
             tbl,
@@ -228,16 +259,19 @@ impl Parts {
             set,
             sources,
             target,
+            extras,
             ..
         } = self;
-        if !multi {
-            return format!("UPDATE {tbl} SET {set} WHERE {key} = ? AND {col} IN ({sources})");
-        }
-        let set = set.replacen(
-            &format!("{col} = {target}"),
-            &format!("{col} = IF(LAST_INSERT_ID(FIELD({col}, {sources})) > 0, {target}, {target})"),
-            1,
-        );
+        let set = if multi {
+            Parts::set(
+                extras,
+                &format!(
+                    "{col} = IF(LAST_INSERT_ID(FIELD({col}, {sources})) > 0, {target}, {target})"
+                ),
+            )
+        } else {
+            set.clone()
+        };
         format!("UPDATE {tbl} SET {set} WHERE {key} = ? AND {col} IN ({sources})")
     }
 
@@ -432,7 +466,7 @@ mod tests {
              upd AS (UPDATE \"invoices\" SET \"status\" = 'void' WHERE \"id\" = $1 \
              AND \"status\" IN ('draft', 'issued') AND \"status\" = (SELECT s FROM prev) \
              RETURNING 1) SELECT CAST((SELECT s FROM prev) AS TEXT) AS before, \
-             EXISTS (SELECT 1 FROM upd) AS applied"
+             EXISTS (SELECT 1 FROM upd) AS applied, EXISTS (SELECT 1 FROM prev) AS found"
         );
         assert!(s.apply_from.is_empty() && s.history.is_empty());
     }
@@ -506,9 +540,35 @@ mod tests {
         let s = statements(Dialect::MySql, &table, &t);
         assert_eq!(
             s.apply,
-            "UPDATE `billing`.`invoices` SET `status` = 'paid', `paid_at` = CURRENT_TIMESTAMP \
+            "UPDATE `billing`.`invoices` SET `paid_at` = CURRENT_TIMESTAMP, `status` = 'paid' \
              WHERE `id` = ? AND `status` IN ('issued')"
         );
+    }
+
+    #[test]
+    fn the_state_column_is_assigned_last_so_extras_read_the_state_before() {
+        let sources = ["open".to_owned(), "frozen".to_owned()];
+        let assignments = [("closed_from".to_owned(), "status".to_owned())];
+        let t = TransitionSpec {
+            name: "close",
+            sources: &sources,
+            target: "closed",
+            assignments: &assignments,
+        };
+        let s = statements(Dialect::MySql, &invoices(None), &t);
+        assert_eq!(
+            s.apply,
+            "UPDATE `invoices` SET `closed_from` = status, `status` = \
+             IF(LAST_INSERT_ID(FIELD(`status`, 'open', 'frozen')) > 0, 'closed', 'closed') \
+             WHERE `id` = ? AND `status` IN ('open', 'frozen')"
+        );
+        assert_eq!(
+            s.many_from[1],
+            "UPDATE `invoices` SET `closed_from` = status, `status` = 'closed' \
+             WHERE `status` = 'frozen' AND `id` IN ("
+        );
+        let s = statements(Dialect::Sqlite, &invoices(None), &t);
+        assert!(s.apply_from[0].contains("SET \"closed_from\" = status, \"status\" = 'closed'"));
     }
 
     #[test]

@@ -9,7 +9,7 @@ use syn::ext::IdentExt;
 use syn::{Ident, LitStr};
 
 use crate::ast::Machine;
-use crate::attr::{Sources, TransitionDef};
+use crate::attr::{Assign, Sources, TransitionDef};
 use crate::ctxt::{did_you_mean, Ctxt};
 
 /// Names of the inherent functions the derive generates besides one per
@@ -111,6 +111,17 @@ fn check_values(cx: &Ctxt, machine: &Machine<'_>) {
                 &at,
                 format!(
                     "the stored value {:?} contains a control character: use printable text",
+                    state.value
+                ),
+            );
+        } else if state.value.contains('\\') {
+            cx.error_spanned_by(
+                &at,
+                format!(
+                    "the stored value {:?} contains a backslash, which the SQL literal of the state \
+                     would not keep on every server: MySQL and MariaDB read it as an escape unless \
+                     NO_BACKSLASH_ESCAPES is set, and so does PostgreSQL with \
+                     standard_conforming_strings off; choose a value without `\\`",
                     state.value
                 ),
             );
@@ -347,14 +358,15 @@ fn source_token(
 
 /// `assign(transition, column = "expr")`, per transition (in `defs` order):
 /// a known transition, a safe column, not the state column, each column
-/// once per transition.
+/// once per transition, and no expression reading a column another
+/// assignment of the transition writes.
 fn assignments(
     cx: &Ctxt,
     machine: &Machine<'_>,
     table: Option<&Binding>,
     defs: &[TransitionDef],
 ) -> Vec<Vec<(String, String)>> {
-    let mut per_transition = vec![Vec::new(); defs.len()];
+    let mut accepted: Vec<Vec<&Assign>> = vec![Vec::new(); defs.len()];
     let mut seen: HashMap<(usize, String), &Ident> = HashMap::new();
     for assign in &machine.attrs.assigns {
         let transition = assign.transition.unraw().to_string();
@@ -409,12 +421,145 @@ fn assignments(
                 &assign.expr,
                 "the SQL expression is empty: write the value to assign, e.g. \"CURRENT_TIMESTAMP\"",
             );
+        } else if let Some(reason) = unportable(&assign.expr.value()) {
+            cx.error_spanned_by(
+                &assign.expr,
+                format!(
+                    "this expression for `{column}` is sent as written to PostgreSQL, MySQL and \
+                     SQLite, and {reason}"
+                ),
+            );
         } else {
             seen.insert((index, column.clone()), &assign.column);
-            per_transition[index].push((column, assign.expr.value()));
+            accepted[index].push(assign);
         }
     }
-    per_transition
+    for assigns in &accepted {
+        check_reads(cx, assigns);
+    }
+    accepted
+        .into_iter()
+        .map(|assigns| {
+            assigns
+                .into_iter()
+                .map(|a| (a.column.unraw().to_string(), a.expr.value()))
+                .collect()
+        })
+        .collect()
+}
+
+/// An extra assignment must not read a column another assignment of the
+/// same transition writes: MySQL and MariaDB evaluate `SET` from left to
+/// right (a later right-hand side sees the new value), PostgreSQL and
+/// SQLite read the row as it was, and no order of the two assignments
+/// means the same on all three when each reads the other. (Reading the
+/// state column is fine: it is assigned last.)
+fn check_reads(cx: &Ctxt, assigns: &[&Assign]) {
+    for reader in assigns {
+        let read = referenced_names(&reader.expr.value());
+        for writer in assigns {
+            let column = writer.column.unraw().to_string();
+            if std::ptr::eq(*reader, *writer) || !read.contains(&column.to_ascii_lowercase()) {
+                continue;
+            }
+            let mut error = syn::Error::new_spanned(
+                &reader.expr,
+                format!(
+                    "this expression for `{}` reads `{column}`, which transition `{}` also assigns: \
+                     MySQL and MariaDB would read the new `{column}` and PostgreSQL and SQLite \
+                     the old one; compute it from columns the transition does not assign, \
+                     or assign `{column}` in another transition",
+                    reader.column.unraw(),
+                    writer.transition.unraw()
+                ),
+            );
+            error.combine(syn::Error::new_spanned(
+                &writer.column,
+                format!("`{column}` is assigned here"),
+            ));
+            cx.syn_error(error);
+        }
+    }
+}
+
+/// Why an `assign` expression would not mean the same on every backend and
+/// in every server mode, if it would not: a backslash (an escape in
+/// MySQL's strings unless NO_BACKSLASH_ESCAPES is set, and in
+/// PostgreSQL's with standard_conforming_strings off; `\N` is NULL in
+/// MySQL), or a double quote outside a string literal (a quoted name on
+/// PostgreSQL and SQLite, a string on MySQL unless ANSI_QUOTES is set).
+fn unportable(expr: &str) -> Option<&'static str> {
+    if expr.contains('\\') {
+        return Some(
+            "a backslash means different things there: MySQL and MariaDB read it as an \
+             escape unless NO_BACKSLASH_ESCAPES is set, and so does PostgreSQL with \
+             standard_conforming_strings off; write the expression without `\\`",
+        );
+    }
+    let mut in_string = false;
+    for c in expr.chars() {
+        match c {
+            '\'' => in_string = !in_string,
+            '"' if !in_string => {
+                return Some(
+                    "a double-quoted name is a column on PostgreSQL and SQLite but a string on \
+                     MySQL and MariaDB unless ANSI_QUOTES is set; write the name unquoted, or \
+                     a string in single quotes",
+                )
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
+/// The names an SQL expression may read a column by, lower-cased: bare
+/// words (`status`, `t.status`) and quoted identifiers (`"status"`,
+/// `` `status` ``, `[status]`), but not the insides of string literals or
+/// comments, numbers, or words directly followed by `(` (function calls).
+/// Deliberately broad: a keyword spelled like a column counts too.
+pub(crate) fn referenced_names(expr: &str) -> BTreeSet<String> {
+    let chars: Vec<char> = expr.chars().collect();
+    let mut names = BTreeSet::new();
+    let mut i = 0;
+    let until = |from: usize, close: char| {
+        (from..chars.len())
+            .find(|&j| chars[j] == close)
+            .unwrap_or(chars.len())
+    };
+    while i < chars.len() {
+        let c = chars[i];
+        match c {
+            '\'' => i = until(i + 1, '\'') + 1,
+            '"' | '`' | '[' => {
+                let close = match c {
+                    '[' => ']',
+                    other => other,
+                };
+                let end = until(i + 1, close);
+                names.insert(chars[i + 1..end].iter().collect::<String>().to_lowercase());
+                i = end + 1;
+            }
+            '-' if chars.get(i + 1) == Some(&'-') => i = until(i, '\n') + 1,
+            '/' if chars.get(i + 1) == Some(&'*') => {
+                i = (i + 2..chars.len())
+                    .find(|&j| chars[j] == '*' && chars.get(j + 1) == Some(&'/'))
+                    .map_or(chars.len(), |j| j + 2);
+            }
+            c if c.is_alphanumeric() || c == '_' => {
+                let end = (i..chars.len())
+                    .find(|&j| !(chars[j].is_alphanumeric() || chars[j] == '_' || chars[j] == '$'))
+                    .unwrap_or(chars.len());
+                let call = chars[end..].iter().find(|c| !c.is_whitespace()) == Some(&'(');
+                if !c.is_ascii_digit() && !call {
+                    names.insert(chars[i..end].iter().collect::<String>().to_lowercase());
+                }
+                i = end;
+            }
+            _ => i += 1,
+        }
+    }
+    names
 }
 
 /// The states marked `initial`, or the first state when none is.
@@ -460,7 +605,29 @@ fn check_reachable(cx: &Ctxt, machine: &Machine<'_>, initial: &[usize], edges: &
 
 #[cfg(test)]
 mod tests {
-    use super::is_sql_identifier;
+    use super::{is_sql_identifier, referenced_names};
+
+    fn names(expr: &str) -> Vec<String> {
+        referenced_names(expr).into_iter().collect()
+    }
+
+    #[test]
+    fn column_names_are_found_bare_qualified_and_quoted_in_any_case() {
+        assert_eq!(names("status"), ["status"]);
+        assert_eq!(names("t.Status + 1"), ["status", "t"]);
+        assert_eq!(names("\"Paid_At\" || `b` || [c]"), ["b", "c", "paid_at"]);
+        assert_eq!(
+            names("CASE WHEN a > 0 THEN b END"),
+            ["a", "b", "case", "end", "then", "when"]
+        );
+    }
+
+    #[test]
+    fn literals_comments_numbers_and_calls_are_not_names() {
+        assert!(names("'status' || 'it''s b'").is_empty());
+        assert!(names("now() -- b\n").is_empty());
+        assert!(names("coalesce (/* b */ 1e5, 2)").is_empty());
+    }
 
     #[test]
     fn plain_identifiers_are_safe() {

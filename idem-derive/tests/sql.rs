@@ -34,12 +34,13 @@ fn postgres_reports_before_and_applied_and_writes_history_in_one_statement() {
     assert_eq!(
         pay.apply,
         "WITH prev AS (SELECT \"status\" AS s FROM \"billing\".\"invoices\" WHERE \"id\" = $1), \
-         upd AS (UPDATE \"billing\".\"invoices\" SET \"status\" = 'paid', \"paid_at\" = CURRENT_TIMESTAMP \
+         upd AS (UPDATE \"billing\".\"invoices\" SET \"paid_at\" = CURRENT_TIMESTAMP, \"status\" = 'paid' \
          WHERE \"id\" = $1 AND \"status\" IN ('issued') AND \"status\" = (SELECT s FROM prev) \
          RETURNING \"id\" AS k), \
          hist AS (INSERT INTO \"invoice_history\" (\"entity_key\", \"transition\", \"from_state\", \"to_state\") \
          SELECT CAST(k AS TEXT), 'pay', CAST((SELECT s FROM prev) AS TEXT), 'paid' FROM upd) \
-         SELECT CAST((SELECT s FROM prev) AS TEXT) AS before, EXISTS (SELECT 1 FROM upd) AS applied"
+         SELECT CAST((SELECT s FROM prev) AS TEXT) AS before, EXISTS (SELECT 1 FROM upd) AS applied, \
+         EXISTS (SELECT 1 FROM prev) AS found"
     );
     assert_eq!(
         pay.current,
@@ -51,14 +52,15 @@ fn postgres_reports_before_and_applied_and_writes_history_in_one_statement() {
         ["WITH u AS (SELECT k, ord, min(ord) OVER (PARTITION BY k) AS first \
           FROM unnest($1) WITH ORDINALITY AS x(k, ord)), \
           prev AS (SELECT \"id\" AS k, \"status\" AS s FROM \"billing\".\"invoices\" WHERE \"id\" = ANY($1)), \
-          upd AS (UPDATE \"billing\".\"invoices\" SET \"status\" = 'paid', \"paid_at\" = CURRENT_TIMESTAMP \
+          upd AS (UPDATE \"billing\".\"invoices\" SET \"paid_at\" = CURRENT_TIMESTAMP, \"status\" = 'paid' \
           FROM prev WHERE \"billing\".\"invoices\".\"id\" = prev.k AND \"billing\".\"invoices\".\"status\" = prev.s \
           AND prev.s IN ('issued') \
-          AND NOT EXISTS (SELECT 1 FROM prev AS p WHERE CAST(p.s AS TEXT) NOT IN ('draft', 'issued', 'paid', 'void', 'archived')) \
+          AND NOT EXISTS (SELECT 1 FROM prev AS p WHERE p.s IS NULL OR CAST(p.s AS TEXT) NOT IN ('draft', 'issued', 'paid', 'void', 'archived')) \
           RETURNING prev.k, prev.s), \
           hist AS (INSERT INTO \"invoice_history\" (\"entity_key\", \"transition\", \"from_state\", \"to_state\") \
           SELECT CAST(k AS TEXT), 'pay', CAST(s AS TEXT), 'paid' FROM upd) \
-          SELECT u.ord, CAST(prev.s AS TEXT) AS before, (upd.k IS NOT NULL AND u.ord = u.first) AS applied \
+          SELECT u.ord, CAST(prev.s AS TEXT) AS before, (upd.k IS NOT NULL AND u.ord = u.first) AS applied, \
+          prev.k IS NOT NULL AS found \
           FROM u LEFT JOIN prev ON prev.k = u.k LEFT JOIN upd ON upd.k = u.k \
           ORDER BY u.ord"]
     );
@@ -110,7 +112,7 @@ fn sqlite_has_a_compare_and_set_per_source_for_multi_source_transitions() {
     let pay = sql(Invoice::pay(), Dialect::Sqlite);
     assert_eq!(
         pay.apply,
-        "UPDATE \"billing\".\"invoices\" SET \"status\" = 'paid', \"paid_at\" = CURRENT_TIMESTAMP \
+        "UPDATE \"billing\".\"invoices\" SET \"paid_at\" = CURRENT_TIMESTAMP, \"status\" = 'paid' \
          WHERE \"id\" = ? AND \"status\" IN ('issued')"
     );
     assert!(

@@ -73,9 +73,13 @@ pub(crate) fn db_error<B: Backend>(error: sqlx::Error) -> Error {
     }
 }
 
-/// Parses a state read from the database.
-pub(crate) fn parse<S: State>(value: Option<String>) -> Result<Option<S>, Error> {
-    Ok(value.as_deref().map(S::parse).transpose()?)
+/// The state a read of the row found: `row` is `None` when there is no
+/// row and `Some(None)` when its state is NULL ([`idem_core::Error::NullState`]).
+pub(crate) fn state_of<S: State>(
+    transition: &'static Transition<S>,
+    row: Option<Option<String>>,
+) -> Result<Option<S>, Error> {
+    Ok(transition.state_of(row.as_ref().map(Option::as_deref))?)
 }
 
 /// How many times one call re-runs its update after the row moved into a

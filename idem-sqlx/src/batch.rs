@@ -3,25 +3,34 @@
 //! (MySQL: `WHEN ? THEN 0 ...`, `IN (?, ?, ...)`; SQLite: `VALUES (0, ?),
 //! (1, ?), ...`) around compiled fragments.
 //!
-//! It runs inside a transaction idem owns (retried on deadlocks): one
-//! locking read of the whole batch (MySQL: `LOCK IN SHARE MODE`; SQLite:
-//! the transaction holds the write lock from `BEGIN IMMEDIATE`), then one
-//! compare-and-set `UPDATE` per source state present in the batch, then
-//! one history `INSERT` per moved key. The read's locks keep every row
-//! where the read saw it, so each `UPDATE` must match exactly the keys of
-//! its group. Two batches that share keys can deadlock upgrading their
-//! shared locks on MySQL; the loser's transaction runs again.
+//! It runs inside a transaction idem owns (retried on deadlocks): locking
+//! reads of the batch (MySQL: `LOCK IN SHARE MODE`; SQLite: the
+//! transaction holds the write lock from `BEGIN IMMEDIATE`), then one
+//! compare-and-set `UPDATE` per source state present, then one history
+//! `INSERT` per moved key. The reads' locks keep every row where the read
+//! saw it, so each `UPDATE` must match exactly the keys of its group. Two
+//! batches that share keys can deadlock upgrading their shared locks on
+//! MySQL; the loser's transaction runs again.
+//!
+//! A statement binds at most `chunk` keys (the backend's choice, below its
+//! bind-parameter limit): a larger batch reads its distinct keys `chunk` at
+//! a time and updates each source group `chunk` keys at a time, all in the
+//! same transaction. Every read comes before the first write, so a stored
+//! value that is no state (or NULL) anywhere in the batch fails it before
+//! anything moved. A key given again gets its first occurrence's outcome
+//! (`AlreadyApplied` when that one moved the row), wherever the two stand.
 
 use futures::future::BoxFuture;
 use idem_core::{Dialect, DialectSql, Outcome, State, Transition};
 use sqlx::{ColumnIndex, Database, Executor, IntoArguments};
 
-use crate::backend::{db_error, parse};
+use crate::backend::{db_error, state_of};
+use crate::key::repeats;
 use crate::{Backend, Error, Key};
 
 /// What the batch read found for one key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Slot<S> {
+enum Slot<S> {
     /// Nothing to write: the outcome is known.
     Settled(Outcome<S>),
     /// The row is in `sources[i]`: the batch update from it moves it.
@@ -31,27 +40,46 @@ pub(crate) enum Slot<S> {
     Again(usize),
 }
 
-/// One slot per key, in the order given.
-pub(crate) type Groups<S> = Vec<Slot<S>>;
+/// Writes a history row for the key at `index` among the sources.
+pub(crate) type History<DB, K> = for<'c> fn(
+    &'c mut <DB as Database>::Connection,
+    &'static DialectSql,
+    usize,
+    &'c K,
+) -> BoxFuture<'c, Result<(), Error>>;
 
 fn placeholders(n: usize) -> String {
     vec!["?"; n].join(", ")
 }
 
-fn encode<'q, DB: Backend, K: Key<DB>>(
+/// The arguments binding `keys[i]` for each `i` of `positions`, once or
+/// `times` times over.
+fn bind<'q, DB: Backend, K: Key<DB>>(
     keys: &'q [K],
-    args: &mut DB::Arguments<'q>,
-) -> Result<(), Error> {
-    K::add_many_to(keys, args).map_err(|e| Error::Database(sqlx::Error::Encode(e)))
+    positions: &[usize],
+    times: usize,
+) -> Result<DB::Arguments<'q>, Error> {
+    let mut args = DB::Arguments::default();
+    for _ in 0..times {
+        for &i in positions {
+            keys[i]
+                .add_to(&mut args)
+                .map_err(|e| Error::Database(sqlx::Error::Encode(e)))?;
+        }
+    }
+    Ok(args)
 }
 
-/// Reads the state of every key in one statement.
-pub(crate) async fn read<'c, DB, S, K>(
+/// Applies `transition` to every key, binding at most `chunk` keys per
+/// statement; one outcome per key in the order given.
+pub(crate) async fn apply<'c, DB, S, K>(
     conn: &'c mut DB::Connection,
     transition: &'static Transition<S>,
     sql: &'static DialectSql,
     keys: &[K],
-) -> Result<Groups<S>, Error>
+    chunk: usize,
+    history: History<DB, K>,
+) -> Result<Vec<Outcome<S>>, Error>
 where
     DB: Backend,
     S: State,
@@ -62,47 +90,17 @@ where
     i64: sqlx::Type<DB> + for<'r> sqlx::Decode<'r, DB>,
     String: sqlx::Type<DB> + for<'r> sqlx::Decode<'r, DB>,
 {
-    let mut text = String::from(sql.many[0]);
-    let mut args = DB::Arguments::default();
-    if DB::DIALECT == Dialect::Sqlite {
-        // `WITH u(ord, k) AS (VALUES (0, ?), (1, ?), ...) SELECT ... JOIN`
-        let rows: Vec<String> = (0..keys.len()).map(|i| format!("({i}, ?)")).collect();
-        text.push_str(&rows.join(", "));
-        text.push_str(sql.many[1]);
-        encode::<DB, K>(keys, &mut args)?;
-    } else {
-        // `SELECT CASE key WHEN ? THEN 0 ... END, state ... WHERE key IN (?, ...)`
-        for i in 0..keys.len() {
-            text.push_str(&format!(" WHEN ? THEN {i}"));
-        }
-        text.push_str(sql.many[1]);
-        text.push_str(&placeholders(keys.len()));
-        text.push_str(sql.many[2]);
-        encode::<DB, K>(keys, &mut args)?;
-        encode::<DB, K>(keys, &mut args)?;
-    }
-    let rows: Vec<(i64, Option<String>)> = sqlx::query_as_with(&text, args)
-        .fetch_all(&mut *conn)
-        .await
-        .map_err(db_error::<DB>)?;
+    let repeats = repeats(keys);
+    let distinct: Vec<usize> = (0..keys.len()).filter(|&i| repeats[i].is_none()).collect();
     let mut states: Vec<Option<S>> = vec![None; keys.len()];
-    for (ord, state) in rows {
-        let slot = usize::try_from(ord)
-            .ok()
-            .and_then(|i| states.get_mut(i))
-            .ok_or_else(|| {
-                Error::Database(sqlx::Error::Protocol(format!(
-                    "batch read returned position {ord} for {} keys",
-                    keys.len()
-                )))
-            })?;
-        *slot = parse::<S>(state)?;
+    for positions in distinct.chunks(chunk) {
+        read::<DB, S, K>(conn, transition, sql, keys, positions, &mut states).await?;
     }
-    Ok(states
-        .into_iter()
-        .enumerate()
-        .map(|(i, state)| {
-            if let Some(first) = keys[..i].iter().position(|k| *k == keys[i]) {
+    let slots: Vec<Slot<S>> = repeats
+        .iter()
+        .zip(states)
+        .map(|(repeat, state)| {
+            if let Some(first) = *repeat {
                 return Slot::Again(first);
             }
             match transition.settled(state) {
@@ -114,26 +112,79 @@ where
                 ),
             }
         })
-        .collect())
+        .collect();
+    write::<DB, S, K>(conn, transition, sql, keys, &slots, chunk, history).await?;
+    Ok(outcomes(transition, &slots))
 }
 
-/// Writes a history row for the key at `index` among the sources.
-pub(crate) type History<DB, K> = for<'c> fn(
-    &'c mut <DB as Database>::Connection,
-    &'static DialectSql,
-    usize,
-    &'c K,
-) -> BoxFuture<'c, Result<(), Error>>;
-
-/// One compare-and-set `UPDATE` per source group, then the history rows.
-pub(crate) async fn write<'c, DB, S, K>(
+/// Reads the state of the keys at `positions` in one statement into
+/// `states`.
+async fn read<'c, DB, S, K>(
     conn: &'c mut DB::Connection,
     transition: &'static Transition<S>,
     sql: &'static DialectSql,
     keys: &[K],
-    groups: Groups<S>,
+    positions: &[usize],
+    states: &mut [Option<S>],
+) -> Result<(), Error>
+where
+    DB: Backend,
+    S: State,
+    K: Key<DB>,
+    for<'e> &'e mut DB::Connection: Executor<'e, Database = DB>,
+    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
+    usize: ColumnIndex<DB::Row>,
+    i64: sqlx::Type<DB> + for<'r> sqlx::Decode<'r, DB>,
+    String: sqlx::Type<DB> + for<'r> sqlx::Decode<'r, DB>,
+{
+    let n = positions.len();
+    let mut text = String::from(sql.many[0]);
+    let args = if DB::DIALECT == Dialect::Sqlite {
+        // `WITH u(ord, k) AS (VALUES (0, ?), (1, ?), ...) SELECT ... JOIN`
+        let rows: Vec<String> = (0..n).map(|i| format!("({i}, ?)")).collect();
+        text.push_str(&rows.join(", "));
+        text.push_str(sql.many[1]);
+        bind::<DB, K>(keys, positions, 1)?
+    } else {
+        // `SELECT CASE key WHEN ? THEN 0 ... END, state ... WHERE key IN (?, ...)`
+        for i in 0..n {
+            text.push_str(&format!(" WHEN ? THEN {i}"));
+        }
+        text.push_str(sql.many[1]);
+        text.push_str(&placeholders(n));
+        text.push_str(sql.many[2]);
+        bind::<DB, K>(keys, positions, 2)?
+    };
+    let rows: Vec<(i64, Option<String>)> = sqlx::query_as_with(&text, args)
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(db_error::<DB>)?;
+    for (ord, state) in rows {
+        let position = usize::try_from(ord)
+            .ok()
+            .and_then(|i| positions.get(i))
+            .ok_or_else(|| {
+                Error::Database(sqlx::Error::Protocol(format!(
+                    "batch read returned position {ord} for {n} keys"
+                )))
+            })?;
+        // A row came back: a NULL state is `NullState`, never "no row".
+        states[*position] = state_of(transition, Some(state))?;
+    }
+    Ok(())
+}
+
+/// One compare-and-set `UPDATE` per source group (per `chunk` keys of
+/// it), then the history rows of its keys.
+async fn write<'c, DB, S, K>(
+    conn: &'c mut DB::Connection,
+    transition: &'static Transition<S>,
+    sql: &'static DialectSql,
+    keys: &[K],
+    slots: &[Slot<S>],
+    chunk: usize,
     history: History<DB, K>,
-) -> Result<Vec<Outcome<S>>, Error>
+) -> Result<(), Error>
 where
     DB: Backend,
     S: State,
@@ -142,48 +193,43 @@ where
     for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
 {
     for (index, head) in sql.many_from.iter().enumerate() {
-        let members: Vec<usize> = groups
-            .iter()
-            .enumerate()
-            .filter(|(_, g)| **g == Slot::Move(index))
-            .map(|(i, _)| i)
+        let group: Vec<usize> = (0..slots.len())
+            .filter(|&i| slots[i] == Slot::Move(index))
             .collect();
-        if members.is_empty() {
-            continue;
-        }
-        let text = format!("{head}{})", placeholders(members.len()));
-        let mut args = DB::Arguments::default();
-        for &i in &members {
-            keys[i]
-                .add_to(&mut args)
-                .map_err(|e| Error::Database(sqlx::Error::Encode(e)))?;
-        }
-        let done = sqlx::query_with(&text, args)
-            .execute(&mut *conn)
-            .await
-            .map_err(db_error::<DB>)?;
-        let affected = DB::rows_affected(&done);
-        if affected != members.len() as u64 {
-            return Err(Error::Database(sqlx::Error::Protocol(format!(
-                "the batch update of `{}` matched {affected} of {} locked rows",
-                transition.name(),
-                members.len()
-            ))));
-        }
-        for &i in &members {
-            history(&mut *conn, sql, index, &keys[i]).await?;
+        for members in group.chunks(chunk) {
+            let text = format!("{head}{})", placeholders(members.len()));
+            let done = sqlx::query_with(&text, bind::<DB, K>(keys, members, 1)?)
+                .execute(&mut *conn)
+                .await
+                .map_err(db_error::<DB>)?;
+            let affected = DB::rows_affected(&done);
+            if affected != members.len() as u64 {
+                return Err(Error::Database(sqlx::Error::Protocol(format!(
+                    "the batch update of `{}` matched {affected} of {} locked rows",
+                    transition.name(),
+                    members.len()
+                ))));
+            }
+            for &i in members {
+                history(&mut *conn, sql, index, &keys[i]).await?;
+            }
         }
     }
+    Ok(())
+}
+
+/// The outcome of every key once the writes are done.
+fn outcomes<S: State>(transition: &'static Transition<S>, slots: &[Slot<S>]) -> Vec<Outcome<S>> {
     let sources = transition.sources();
     let outcome = |slot: Slot<S>| match slot {
         Slot::Settled(outcome) => Some(outcome),
         Slot::Move(index) => Some(transition.applied_from(sources[index])),
         Slot::Again(_) => None,
     };
-    Ok(groups
+    slots
         .iter()
         .map(|slot| match *slot {
-            Slot::Again(first) => match groups[first] {
+            Slot::Again(first) => match slots[first] {
                 Slot::Move(_) => Outcome::AlreadyApplied {
                     state: transition.target(),
                 },
@@ -191,5 +237,5 @@ where
             },
             other => outcome(other).expect("not a repeat"),
         })
-        .collect())
+        .collect()
 }

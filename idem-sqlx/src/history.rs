@@ -33,8 +33,27 @@ fn quote(dialect: Dialect, ident: &str) -> String {
 }
 
 /// The statements that create a history table named `table` (plain or
-/// `schema.table`) and its index on `entity_key`, idempotently (`IF NOT
-/// EXISTS`), for users who keep their own migrations.
+/// `schema.table`) and its index `<table>_entity_key` on `entity_key`,
+/// idempotently (`IF NOT EXISTS`), for users who keep their own
+/// migrations. A schema-qualified table goes in that schema (PostgreSQL),
+/// database (MySQL) or attached database (SQLite), and its index with it:
+///
+/// ```
+/// use idem_core::Dialect;
+/// use idem_sqlx::history::schema;
+/// let sqlite = schema(Dialect::Sqlite, "billing.invoice_history");
+/// assert_eq!(
+///     sqlite[1],
+///     "CREATE INDEX IF NOT EXISTS \"billing\".\"invoice_history_entity_key\" \
+///      ON \"invoice_history\" (entity_key, id)"
+/// );
+/// let postgres = schema(Dialect::Postgres, "billing.invoice_history");
+/// assert_eq!(
+///     postgres[1],
+///     "CREATE INDEX IF NOT EXISTS \"invoice_history_entity_key\" \
+///      ON \"billing\".\"invoice_history\" (entity_key, id)"
+/// );
+/// ```
 ///
 /// # Panics
 ///
@@ -53,7 +72,8 @@ pub fn schema(dialect: Dialect, table: &str) -> Vec<String> {
         "`{table}` is not a plain SQL identifier ([A-Za-z_][A-Za-z0-9_]*, optionally schema.table)"
     );
     let name = quote(dialect, table);
-    let index = quote(dialect, &format!("{}_entity_key", parts[parts.len() - 1]));
+    let base = parts[parts.len() - 1];
+    let index = quote(dialect, &format!("{base}_entity_key"));
     match dialect {
         Dialect::Postgres => vec![
             format!(
@@ -73,6 +93,9 @@ pub fn schema(dialect: Dialect, table: &str) -> Vec<String> {
              at TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6), \
              KEY {index} (entity_key, id))"
         )],
+        // SQLite puts the schema (an attached database) on the index's
+        // name, and the table must be in that schema: `CREATE INDEX
+        // "billing"."x_entity_key" ON "x"`.
         Dialect::Sqlite => vec![
             format!(
                 "CREATE TABLE IF NOT EXISTS {name} (\
@@ -81,7 +104,11 @@ pub fn schema(dialect: Dialect, table: &str) -> Vec<String> {
                  from_state TEXT NOT NULL, to_state TEXT NOT NULL, \
                  at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%d %H:%M:%f', 'now')))"
             ),
-            format!("CREATE INDEX IF NOT EXISTS {index} ON {name} (entity_key, id)"),
+            format!(
+                "CREATE INDEX IF NOT EXISTS {} ON {} (entity_key, id)",
+                quote(dialect, &format!("{}_entity_key", parts.join("."))),
+                quote(dialect, base)
+            ),
         ],
     }
 }

@@ -1,5 +1,8 @@
 //! The row keys a transition can be applied to.
 
+use std::collections::HashMap;
+use std::hash::Hash;
+
 use sqlx::error::BoxDynError;
 use sqlx::{Arguments, Database};
 
@@ -9,8 +12,9 @@ use crate::Backend;
 /// of a transition's statements.
 ///
 /// Implemented for `i64`, `i32`, `String` and `&str` on every backend, and
-/// for `uuid::Uuid` with the `uuid` feature.
-pub trait Key<DB: Backend>: PartialEq + Send + Sync {
+/// for `uuid::Uuid` with the `uuid` feature. `Eq` and `Hash` find the keys
+/// a batch repeats in time linear in its size.
+pub trait Key<DB: Backend>: Eq + Hash + Send + Sync {
     /// Adds the key to a statement's arguments.
     fn add_to<'q>(&'q self, args: &mut DB::Arguments<'q>) -> Result<(), BoxDynError>;
 
@@ -24,6 +28,22 @@ pub trait Key<DB: Backend>: PartialEq + Send + Sync {
     fn add_many_to<'q>(keys: &'q [Self], args: &mut DB::Arguments<'q>) -> Result<(), BoxDynError>
     where
         Self: Sized;
+}
+
+/// For each position of `keys`, the position of the key's first
+/// occurrence when it is a repeat, `None` for a first occurrence.
+pub(crate) fn repeats<K: Eq + Hash>(keys: &[K]) -> Vec<Option<usize>> {
+    let mut first: HashMap<&K, usize> = HashMap::with_capacity(keys.len());
+    keys.iter()
+        .enumerate()
+        .map(|(i, key)| match first.get(key) {
+            Some(&at) => Some(at),
+            None => {
+                first.insert(key, i);
+                None
+            }
+        })
+        .collect()
 }
 
 /// The arguments of a statement that binds only `key`.

@@ -3,8 +3,8 @@ use idem_core::{Dialect, DialectSql, Outcome, State, Transition};
 use sqlx::postgres::{PgArguments, PgConnection};
 use sqlx::Postgres;
 
-use crate::backend::{contended, db_error, parse, MAX_ROUNDS};
-use crate::key::args;
+use crate::backend::{contended, db_error, state_of, MAX_ROUNDS};
+use crate::key::{args, repeats};
 use crate::{Backend, Error, ErrorKind, Key};
 
 impl Backend for Postgres {
@@ -68,14 +68,14 @@ async fn apply<S: State, K: Key<Postgres>>(
     key: &K,
 ) -> Result<Outcome<S>, Error> {
     for _ in 0..MAX_ROUNDS {
-        let (before, applied): (Option<String>, bool) = sqlx::query_as_with(
+        let (before, applied, found): (Option<String>, bool, bool) = sqlx::query_as_with(
             sql.apply,
             args::<Postgres, K>(key).map_err(Error::Database)?,
         )
         .fetch_one(&mut *conn)
         .await
         .map_err(db_error::<Postgres>)?;
-        let before = parse::<S>(before)?;
+        let before = state_of(transition, found.then_some(before))?;
         match before {
             Some(from) if applied => return Ok(transition.applied_from(from)),
             _ => {}
@@ -83,14 +83,14 @@ async fn apply<S: State, K: Key<Postgres>>(
         if let Some(outcome) = transition.settled(before) {
             return Ok(outcome);
         }
-        let current: Option<String> = sqlx::query_scalar_with(
+        let current: Option<Option<String>> = sqlx::query_scalar_with(
             sql.current,
             args::<Postgres, K>(key).map_err(Error::Database)?,
         )
         .fetch_optional(&mut *conn)
         .await
         .map_err(db_error::<Postgres>)?;
-        if let Some(outcome) = transition.settled(parse::<S>(current)?) {
+        if let Some(outcome) = transition.settled(state_of(transition, current)?) {
             return Ok(outcome);
         }
     }
@@ -110,21 +110,32 @@ async fn apply_many<S: State, K: Key<Postgres>>(
     }
     let mut arguments = PgArguments::default();
     K::add_many_to(keys, &mut arguments).map_err(|e| Error::Database(sqlx::Error::Encode(e)))?;
-    let rows: Vec<(i64, Option<String>, bool)> = sqlx::query_as_with(sql.many[0], arguments)
+    let rows: Vec<(i64, Option<String>, bool, bool)> = sqlx::query_as_with(sql.many[0], arguments)
         .fetch_all(&mut *conn)
         .await
         .map_err(db_error::<Postgres>)?;
+    if rows.len() != keys.len() {
+        return Err(Error::Database(sqlx::Error::Protocol(format!(
+            "the batch statement of `{}` returned {} rows for {} keys",
+            transition.name(),
+            rows.len(),
+            keys.len()
+        ))));
+    }
     // Every stored value is parsed before any key is applied again on its
-    // own: a value that is no state fails the batch with nothing moved (the
-    // statement's update skips the whole batch in that case).
+    // own: a value that is no state, or a NULL state, fails the batch with
+    // nothing moved (the statement's update skips the whole batch then).
     let rows = rows
         .into_iter()
-        .map(|(_, before, applied)| Ok((parse::<S>(before)?, applied)))
+        .map(|(_, before, applied, found)| {
+            Ok((state_of(transition, found.then_some(before))?, applied))
+        })
         .collect::<Result<Vec<_>, Error>>()?;
+    let repeats = repeats(keys);
     let mut outcomes: Vec<Outcome<S>> = Vec::with_capacity(keys.len());
-    for (i, ((before, applied), key)) in rows.into_iter().zip(keys).enumerate() {
+    for (((before, applied), key), repeat) in rows.into_iter().zip(keys).zip(repeats) {
         // A key given twice was applied (or settled) at its first position.
-        if let Some(first) = keys[..i].iter().position(|k| k == key) {
+        if let Some(first) = repeat {
             let outcome = match outcomes[first] {
                 Outcome::Applied { to, .. } => Outcome::AlreadyApplied { state: to },
                 other => other,

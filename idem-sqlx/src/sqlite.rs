@@ -3,10 +3,17 @@ use idem_core::{Dialect, DialectSql, Outcome, State, Transition};
 use sqlx::sqlite::{SqliteConnection, SqliteQueryResult};
 use sqlx::Sqlite;
 
-use crate::backend::{contended, db_error, parse, MAX_ROUNDS};
+use crate::backend::{contended, db_error, state_of, MAX_ROUNDS};
 use crate::batch;
 use crate::key::{args, text_args};
 use crate::{Backend, Error, ErrorKind, Key};
+
+/// The most keys one statement of `apply_many` binds: one parameter per
+/// key, below SQLite's default `SQLITE_MAX_VARIABLE_NUMBER` of 32,766
+/// (999 before 3.32, and a build may set its own). The batch read joins a
+/// `VALUES` list by the key and stays linear at any chunk size; chunks of
+/// 1,024, as on MySQL, also fit a SQLite built with a limit down to 1,024.
+pub(crate) const BATCH_KEYS: usize = 1_024;
 
 impl Backend for Sqlite {
     const DIALECT: Dialect = Dialect::Sqlite;
@@ -57,10 +64,14 @@ impl Backend for Sqlite {
         sql: &'static DialectSql,
         keys: &'c [K],
     ) -> BoxFuture<'c, Result<Vec<Outcome<S>>, Error>> {
-        Box::pin(async move {
-            let groups = batch::read::<Sqlite, S, K>(conn, transition, sql, keys).await?;
-            batch::write::<Sqlite, S, K>(conn, transition, sql, keys, groups, record_history).await
-        })
+        Box::pin(batch::apply::<Sqlite, S, K>(
+            conn,
+            transition,
+            sql,
+            keys,
+            BATCH_KEYS,
+            record_history,
+        ))
     }
 }
 
@@ -115,14 +126,14 @@ async fn read<S: State, K: Key<Sqlite>>(
     sql: &'static DialectSql,
     key: &K,
 ) -> Result<Result<Outcome<S>, usize>, Error> {
-    let current: Option<String> = sqlx::query_scalar_with(
+    let current: Option<Option<String>> = sqlx::query_scalar_with(
         sql.current,
         args::<Sqlite, K>(key).map_err(Error::Database)?,
     )
     .fetch_optional(&mut *conn)
     .await
     .map_err(db_error::<Sqlite>)?;
-    let current = parse::<S>(current)?;
+    let current = state_of(transition, current)?;
     Ok(match transition.settled(current) {
         Some(outcome) => Ok(outcome),
         None => Err(current

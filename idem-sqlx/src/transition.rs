@@ -54,9 +54,13 @@ pub trait TransitionExt<S: State> {
     /// holds the change and decides whether it commits).
     ///
     /// Errors: [`idem_core::Error::NoTable`] without a table binding,
-    /// [`idem_core::Error::UnknownState`] when the column holds a value that
-    /// is no state, [`Error::Retryable`] on a serialization failure,
-    /// deadlock or busy database, [`Error::Database`] otherwise.
+    /// [`idem_core::Error::NullState`] when the row exists but its state
+    /// column is NULL (never [`Outcome::NotFound`], which means there is no
+    /// row), [`idem_core::Error::UnknownState`] when the column holds a
+    /// value that is no state (an empty string among them),
+    /// [`Error::Retryable`] on a serialization failure, deadlock or busy
+    /// database, [`Error::Database`] otherwise. The same errors, from the
+    /// same reads, on every backend and through every `apply*` method.
     fn apply<'a, 'c, A, K>(
         &'static self,
         executor: A,
@@ -69,10 +73,25 @@ pub trait TransitionExt<S: State> {
         'c: 'a;
 
     /// Applies the transition to every key, one outcome per key in the
-    /// order given: one statement for the whole batch on PostgreSQL; on
-    /// MySQL and SQLite one locking read of the batch and one `UPDATE` per
-    /// source state present, in a transaction idem owns (retried on
-    /// transient conflicts with the default [`RetryPolicy`]).
+    /// order given: the outcome each key would have had applied alone, in
+    /// that order (a key given again gets its first occurrence's outcome,
+    /// or `AlreadyApplied` when that one moved the row).
+    ///
+    /// Any batch size is accepted. No statement binds more parameters than
+    /// its backend allows:
+    ///
+    /// | | Statements | Atomicity |
+    /// |---|---|---|
+    /// | PostgreSQL | One for the whole batch. The keys are one array parameter, so the protocol's 65,535 bind parameters do not limit it; PostgreSQL's own bounds are 134,217,727 array elements and a 1 GiB bind message, past which the statement fails whole. | The statement is atomic. A key whose row another transaction changed while the statement waited for it is applied again on its own (see the table above). |
+    /// | MySQL / MariaDB | A locking read per 1,024 distinct keys (the read binds each key twice; 65,535 placeholders would allow 32,767), then per source state present one `UPDATE` per 1,024 of its keys, and one history `INSERT` per moved key. | One transaction idem owns holds every chunk, retried whole on transient conflicts with the default [`RetryPolicy`]. |
+    /// | SQLite | A read per 1,024 distinct keys (one parameter per key; SQLite's default limit is 32,766), then as on MySQL. | One transaction (`BEGIN IMMEDIATE`) holds every chunk. |
+    ///
+    /// So a batch of at most 1,024 keys is one read and one `UPDATE` per
+    /// source state on MySQL and SQLite. Every read comes before the first
+    /// write: a row of the batch whose state is NULL or no state fails the
+    /// whole batch with [`idem_core::Error::NullState`] or
+    /// [`idem_core::Error::UnknownState`], and no row of it moves, on every
+    /// backend.
     fn apply_many<'a, DB, K>(
         &'static self,
         pool: &'a Pool<DB>,

@@ -103,8 +103,20 @@ pub enum Door {
     Shut,
 }
 
+/// A server backend whose sessions can be set up.
+pub trait Sessions: Db {
+    /// A second pool of `max` connections on the same database (schema) as
+    /// `pool` whose every connection runs `set` (one or more `SET`
+    /// statements) when it opens.
+    fn pool_with_session(
+        pool: &Pool<Self>,
+        max: u32,
+        set: String,
+    ) -> BoxFuture<'static, Pool<Self>>;
+}
+
 /// A server backend whose writers queue on row locks.
-pub trait Locking: Db {
+pub trait Locking: Sessions {
     /// A second pool on the same database as `pool` whose sessions use the
     /// isolation level `level` (`"READ COMMITTED"`, ...).
     fn pool_with_isolation(
@@ -126,6 +138,11 @@ pub trait Db: Backend + Sized {
     const TIMESTAMP: &'static str;
     /// A column type for the UUID key.
     const UUID: &'static str;
+    /// How many keys one batch statement could bind if `apply_many` did
+    /// not split its batch: the bind-parameter limit over the parameters
+    /// the batch read binds per key (PostgreSQL: the protocol's 65,535,
+    /// although its batch binds one array).
+    const UNSPLIT_KEYS: usize;
     /// Placeholder `n` (1-based).
     fn param(n: usize) -> String;
 
@@ -169,6 +186,7 @@ impl Db for Sqlite {
     const BACKEND: &'static str = "sqlite";
     const TIMESTAMP: &'static str = "TEXT";
     const UUID: &'static str = "BLOB";
+    const UNSPLIT_KEYS: usize = 32_766;
     fn param(_: usize) -> String {
         "?".into()
     }
@@ -182,6 +200,7 @@ impl Db for Postgres {
     const BACKEND: &'static str = "postgres";
     const TIMESTAMP: &'static str = "TIMESTAMPTZ";
     const UUID: &'static str = "UUID";
+    const UNSPLIT_KEYS: usize = 65_535;
     fn param(n: usize) -> String {
         format!("${n}")
     }
@@ -191,11 +210,11 @@ impl Db for Postgres {
     raw_sql!();
 }
 
-impl Locking for Postgres {
-    fn pool_with_isolation(
+impl Sessions for Postgres {
+    fn pool_with_session(
         pool: &Pool<Self>,
         max: u32,
-        level: &'static str,
+        set: String,
     ) -> BoxFuture<'static, Pool<Self>> {
         let pool = pool.clone();
         Box::pin(async move {
@@ -209,8 +228,7 @@ impl Locking for Postgres {
                 .acquire_timeout(Duration::from_secs(60))
                 .after_connect(move |conn, _| {
                     let set = format!(
-                        "SET search_path TO {schema}; SET application_name TO '{schema}'; \
-                         SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL {level}"
+                        "SET search_path TO {schema}; SET application_name TO '{schema}'; {set}"
                     );
                     Box::pin(async move {
                         conn.execute(set.as_str()).await?;
@@ -221,6 +239,17 @@ impl Locking for Postgres {
                 .await
                 .unwrap()
         })
+    }
+}
+
+impl Locking for Postgres {
+    fn pool_with_isolation(
+        pool: &Pool<Self>,
+        max: u32,
+        level: &'static str,
+    ) -> BoxFuture<'static, Pool<Self>> {
+        let set = format!("SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL {level}");
+        Self::pool_with_session(pool, max, set)
     }
     fn waiting(pool: &Pool<Self>) -> BoxFuture<'_, i64> {
         Box::pin(Self::count(
@@ -235,6 +264,7 @@ impl Db for MySql {
     const BACKEND: &'static str = "mysql";
     const TIMESTAMP: &'static str = "TIMESTAMP(6) NULL";
     const UUID: &'static str = "BINARY(16)";
+    const UNSPLIT_KEYS: usize = 32_767;
     fn param(_: usize) -> String {
         "?".into()
     }
@@ -244,11 +274,11 @@ impl Db for MySql {
     raw_sql!();
 }
 
-impl Locking for MySql {
-    fn pool_with_isolation(
+impl Sessions for MySql {
+    fn pool_with_session(
         pool: &Pool<Self>,
         max: u32,
-        level: &'static str,
+        set: String,
     ) -> BoxFuture<'static, Pool<Self>> {
         let pool = pool.clone();
         Box::pin(async move {
@@ -261,9 +291,12 @@ impl Locking for MySql {
                 .max_connections(max)
                 .acquire_timeout(Duration::from_secs(60))
                 .after_connect(move |conn, _| {
-                    let set = format!("SET SESSION TRANSACTION ISOLATION LEVEL {level}");
+                    let set = set.clone();
                     Box::pin(async move {
-                        conn.execute(set.as_str()).await?;
+                        // The MySQL protocol runs one statement per query.
+                        for statement in set.split(';').filter(|s| !s.trim().is_empty()) {
+                            conn.execute(statement).await?;
+                        }
                         Ok(())
                     })
                 })
@@ -275,6 +308,17 @@ impl Locking for MySql {
                 .await
                 .unwrap()
         })
+    }
+}
+
+impl Locking for MySql {
+    fn pool_with_isolation(
+        pool: &Pool<Self>,
+        max: u32,
+        level: &'static str,
+    ) -> BoxFuture<'static, Pool<Self>> {
+        let set = format!("SET SESSION TRANSACTION ISOLATION LEVEL {level}");
+        Self::pool_with_session(pool, max, set)
     }
     fn waiting(pool: &Pool<Self>) -> BoxFuture<'_, i64> {
         Box::pin(Self::count(
