@@ -7,6 +7,7 @@
 //! a handler that ran twice (a non-transactional effect repeated).
 
 mod common;
+mod transitions_support;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -621,9 +622,10 @@ macro_rules! database_suite {
                     let _ = inbox.process(&id(&format!("new-{n}")), &handler).await.unwrap();
                 }
                 age(&pool, "billing", "old-", 48).await;
+                // Chunks of 7: the four purges interleave chunk by chunk.
                 let purges: Vec<_> = (0..4)
                     .map(|_| {
-                        let inbox = inbox.clone();
+                        let inbox = inbox.clone().with_purge_chunk(7.try_into().unwrap());
                         tokio::spawn(async move { inbox.purge().await.unwrap() })
                     })
                     .collect();
@@ -896,5 +898,263 @@ mod postgres_repeatable_read {
             return;
         };
         assert_eq!(second.unwrap(), Delivery::Duplicate);
+    }
+}
+
+// ---- identifiers and purging in chunks, written once for every database ------
+
+/// A database the inbox runs on, with its clock in `idem_inbox`'s time type.
+trait InboxDb: transitions_support::Db + idem::sqlx::inbox::InboxBackend {
+    /// `hours` before the database's now.
+    fn hours_ago(hours: u32) -> String;
+}
+
+impl InboxDb for sqlx::Sqlite {
+    fn hours_ago(hours: u32) -> String {
+        format!("strftime('%Y-%m-%d %H:%M:%f', 'now', '-{hours} hours')")
+    }
+}
+
+impl InboxDb for sqlx::Postgres {
+    fn hours_ago(hours: u32) -> String {
+        format!("now() - INTERVAL '{hours} hours'")
+    }
+}
+
+impl InboxDb for sqlx::MySql {
+    fn hours_ago(hours: u32) -> String {
+        format!("UTC_TIMESTAMP(6) - INTERVAL {hours} HOUR")
+    }
+}
+
+/// Counts its runs; writes nothing.
+#[derive(Default)]
+struct Counted(AtomicUsize);
+
+#[async_trait::async_trait]
+impl<B: idem::sqlx::Backend> idem::sqlx::inbox::InboxHandler<B> for Counted {
+    type Output = ();
+    type Error = std::convert::Infallible;
+
+    async fn handle(&self, _: &mut B::Connection, _: &EventId) -> Result<(), Self::Error> {
+        self.0.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+/// One delivery of `event` to `inbox`, run by `handler`.
+async fn deliver<DB: InboxDb>(
+    inbox: &idem::sqlx::inbox::Inbox<DB>,
+    event: &str,
+    handler: &Counted,
+) -> Delivery<()> {
+    let event = EventId::new(event).unwrap();
+    inbox.process(&event, handler).await.unwrap()
+}
+
+async fn installed<DB: InboxDb>(connections: u32) -> Option<sqlx::Pool<DB>> {
+    let pool = DB::pool(connections).await?;
+    idem::sqlx::inbox::install(&pool).await.unwrap();
+    Some(pool)
+}
+
+/// Consumer names and event ids compare byte for byte: values that differ
+/// only in case, trailing spaces or accents (precomposed, or a letter and
+/// a combining mark) are distinct consumers and distinct events, each
+/// processed once. MySQL's text collations would merge each group.
+async fn names_and_ids_differing_only_in_case_space_or_accents_are_distinct<DB: InboxDb>(
+    pool: sqlx::Pool<DB>,
+) {
+    use idem::sqlx::inbox::Inbox;
+
+    let consumers = [
+        "billing",
+        "Billing",
+        "billing ",
+        "b\u{ef}lling",
+        "bi\u{308}lling",
+    ];
+    let events = [
+        "evt-a",
+        "EVT-A",
+        "evt-a ",
+        "\u{e9}vt-a",
+        "e\u{301}vt-a",
+        "evt-\u{e1}",
+    ];
+    let handler = Counted::default();
+    for round in 0..2 {
+        for consumer in consumers {
+            let inbox = Inbox::new(pool.clone(), consumer).unwrap();
+            let processed = deliver(&inbox, "evt-1", &handler).await.is_processed();
+            assert_eq!(
+                processed,
+                round == 0,
+                "consumer {consumer:?}, round {round}"
+            );
+        }
+        let billing = Inbox::new(pool.clone(), "billing").unwrap();
+        for event in events {
+            let processed = deliver(&billing, event, &handler).await.is_processed();
+            assert_eq!(processed, round == 0, "event {event:?}, round {round}");
+        }
+    }
+    assert_eq!(
+        handler.0.load(Ordering::SeqCst),
+        consumers.len() + events.len()
+    );
+    let markers = DB::count(&pool, "SELECT COUNT(*) FROM idem_inbox").await;
+    assert_eq!(markers, (consumers.len() + events.len()) as i64);
+}
+
+/// Inserts `n` markers `<prefix><i>` of `consumer`, processed `hours` ago,
+/// in one statement (numbers from a cross join of `digits`).
+async fn insert_markers<DB: InboxDb>(
+    pool: &sqlx::Pool<DB>,
+    consumer: &str,
+    prefix: &str,
+    n: u32,
+    hours: u32,
+) {
+    let at = DB::hours_ago(hours);
+    let sql = format!(
+        "INSERT INTO idem_inbox (consumer, event_id, processed_at) \
+         SELECT '{consumer}', CONCAT('{prefix}', n), {at} \
+         FROM (SELECT a.d + 10 * b.d + 100 * c.d + 1000 * e.d + 10000 * g.d AS n \
+               FROM digits a, digits b, digits c, digits e, digits g) numbers \
+         WHERE n < {n}"
+    );
+    DB::exec(pool, &sql).await;
+}
+
+/// A backlog of 25,000 markers past the window goes in chunks of 1,000,
+/// each its own transaction (25 full chunks and a short one: 26 `DELETE`s
+/// between as many `BEGIN`/`COMMIT`s); the 500 markers inside the window
+/// and another consumer's 2,000 old markers survive, and that consumer's
+/// own purge then takes its 2,000 in three chunks.
+async fn a_backlog_of_markers_is_purged_in_chunks_and_the_window_survives<DB: InboxDb>(
+    pool: sqlx::Pool<DB>,
+) {
+    use idem::sqlx::inbox::Inbox;
+
+    DB::exec(&pool, "CREATE TABLE digits (d INTEGER NOT NULL)").await;
+    DB::exec(
+        &pool,
+        "INSERT INTO digits (d) VALUES (0), (1), (2), (3), (4), (5), (6), (7), (8), (9)",
+    )
+    .await;
+    insert_markers(&pool, "billing", "old-", 25_000, 25).await;
+    insert_markers(&pool, "billing", "recent-", 500, 23).await;
+    insert_markers(&pool, "shipping", "old-", 2_000, 25).await;
+
+    let chunk = 1_000.try_into().unwrap();
+    let billing = Inbox::new(pool.clone(), "billing")
+        .unwrap()
+        .with_purge_chunk(chunk);
+    let recorder = transitions_support::Recorder::default();
+    assert_eq!(recorder.record(billing.purge()).await.unwrap(), 25_000);
+    let statements = recorder.take();
+    let deletes = statements.iter().filter(|s| s.as_str() == "DELETE").count();
+    let commits = statements.iter().filter(|s| s.as_str() == "COMMIT").count();
+    assert_eq!(deletes, 26, "one statement per chunk: {statements:?}");
+    // sqlx's SQLite driver does not log BEGIN and COMMIT; the others do.
+    if DB::BACKEND != "sqlite" {
+        assert_eq!(commits, 26, "a transaction per chunk: {statements:?}");
+    }
+    let left = "SELECT COUNT(*) FROM idem_inbox WHERE consumer = 'billing'";
+    assert_eq!(DB::count(&pool, left).await, 500);
+    let recent = deliver(&billing, "recent-7", &Counted::default()).await;
+    assert!(recent.is_duplicate(), "a marker inside the window");
+
+    let shipping = Inbox::new(pool.clone(), "shipping")
+        .unwrap()
+        .with_purge_chunk(chunk);
+    assert_eq!(recorder.record(shipping.purge()).await.unwrap(), 2_000);
+    let deletes = recorder
+        .take()
+        .iter()
+        .filter(|s| s.as_str() == "DELETE")
+        .count();
+    assert_eq!(deletes, 3);
+    assert_eq!(
+        DB::count(&pool, "SELECT COUNT(*) FROM idem_inbox").await,
+        500
+    );
+}
+
+/// Each case once per database (and its pool size).
+macro_rules! inbox_cases {
+    ($($backend:ident: $db:ty),* $(,)?) => {
+        $(
+            mod $backend {
+                use super::*;
+
+                #[tokio::test]
+                async fn names_and_ids_differing_only_in_case_space_or_accents_are_distinct() {
+                    if let Some(pool) = installed::<$db>(2).await {
+                        super::names_and_ids_differing_only_in_case_space_or_accents_are_distinct(pool).await;
+                    }
+                }
+
+                #[tokio::test]
+                async fn a_backlog_of_markers_is_purged_in_chunks_and_the_window_survives() {
+                    if let Some(pool) = installed::<$db>(2).await {
+                        super::a_backlog_of_markers_is_purged_in_chunks_and_the_window_survives(pool).await;
+                    }
+                }
+            }
+        )*
+    };
+}
+
+mod generic {
+    use super::*;
+
+    inbox_cases!(sqlite: sqlx::Sqlite, postgres: sqlx::Postgres, mysql: sqlx::MySql);
+}
+
+/// `idem_inbox` with text columns (one created by hand, or from an old
+/// migration): on MySQL `install` refuses it and names the `ALTER TABLE`,
+/// after which it installs, and `E1`/`e1` are two events.
+#[tokio::test]
+async fn install_refuses_a_text_inbox_table_on_mysql_and_names_the_migration() {
+    use idem::sqlx::inbox::{install, Inbox};
+
+    let Some(pool) = common::mysql(2).await else {
+        return;
+    };
+    sqlx::raw_sql(
+        "CREATE TABLE idem_inbox (
+            consumer VARCHAR(255) NOT NULL,
+            event_id VARCHAR(255) NOT NULL,
+            processed_at DATETIME(6) NOT NULL,
+            PRIMARY KEY (consumer, event_id)
+        ) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let refused = install(&pool).await.unwrap_err();
+    let idem::sqlx::Error::OutdatedSchema {
+        table, migration, ..
+    } = &refused
+    else {
+        panic!("{refused:?}")
+    };
+    assert_eq!(*table, "idem_inbox");
+    assert_eq!(
+        migration,
+        "ALTER TABLE idem_inbox MODIFY consumer VARBINARY(255) NOT NULL, \
+         MODIFY event_id VARBINARY(255) NOT NULL"
+    );
+    sqlx::query(migration).execute(&pool).await.unwrap();
+    install(&pool).await.unwrap();
+    let inbox = Inbox::new(pool.clone(), "billing").unwrap();
+    let handler = Counted::default();
+    for event in ["e1", "E1"] {
+        assert!(
+            deliver(&inbox, event, &handler).await.is_processed(),
+            "{event}"
+        );
     }
 }

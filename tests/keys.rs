@@ -14,7 +14,7 @@ use async_trait::async_trait;
 use idem::keys::{
     Claim, Completion, Fingerprint, IdempotencyKey, KeyStore, MemoryStore, Scope, StoredResponse,
 };
-use idem_sqlx::keys::{Once, SqlKeyStore};
+use idem_sqlx::keys::{KeyBackend, Once, SqlKeyStore};
 use tokio::sync::Barrier;
 
 const LONG: Duration = Duration::from_secs(30);
@@ -423,6 +423,55 @@ async fn records_vanishing_between_claim_and_read_are_claimed_again<H: Harness>(
     assert_eq!(h.records().await, 0);
 }
 
+/// Identifiers compare byte for byte: scopes and keys that differ only in
+/// letter case, trailing spaces or accents (precomposed or with a
+/// combining mark) never share a record. On MySQL's text collations each
+/// of these pairs is one value (PAD SPACE even in `utf8mb4_bin`, case and
+/// accents in `_ci`/`_ai`): issue 10's input was `payments ` replaying the
+/// response stored for `payments`.
+async fn identifiers_differing_only_in_case_trailing_space_or_accents_never_share_a_record<
+    H: Harness,
+>(
+    h: H,
+) {
+    let store = h.store();
+    let f = fp("same");
+    // (client, operation, key); each differs from another in one way only.
+    let records = [
+        ("tenant-1", "payments", "order-42"),
+        ("tenant-1", "payments ", "order-42"),
+        ("tenant-1", "payments  ", "order-42"),
+        ("tenant-1", "PAYMENTS", "order-42"),
+        ("Tenant-1", "payments", "order-42"),
+        ("tenant-1", "payments", "ORDER-42"),
+        ("tenant-1", "payments", "Order-42"),
+        ("tenant-1", "paymënts", "order-42"),
+        ("tenant-1", "caf\u{e9}", "order-42"),
+        ("tenant-1", "cafe\u{301}", "order-42"),
+        ("tenant-1", "cafe", "order-42"),
+        ("tenant-\u{e9}", "payments", "order-42"),
+        ("tenant-e", "payments", "order-42"),
+    ];
+    for (n, (client, operation, k)) in records.iter().enumerate() {
+        let s = Scope::new(*client, *operation).unwrap();
+        let Claim::New(lease) = claim(&store, &s, &key(k), &f, LONG).await else {
+            panic!("{client:?}/{operation:?}/{k:?} must be a record of its own")
+        };
+        let body = n.to_string();
+        let stored = store.complete(&lease, &response(body.as_bytes())).await;
+        assert_eq!(stored.unwrap(), Completion::Stored);
+    }
+    for (n, (client, operation, k)) in records.iter().enumerate() {
+        let s = Scope::new(*client, *operation).unwrap();
+        assert_eq!(
+            claim(&store, &s, &key(k), &f, LONG).await,
+            Claim::Replay(response(n.to_string().as_bytes())),
+            "{client:?}/{operation:?}/{k:?} replays its own response"
+        );
+    }
+    assert_eq!(h.records().await, records.len() as i64);
+}
+
 macro_rules! suite {
     ($backend:ident: $($case:ident($connections:expr)),* $(,)?) => {
         mod $backend {
@@ -451,12 +500,182 @@ macro_rules! conformance {
                 purge_removes_only_records_past_retention(2),
                 two_scopes_with_the_same_key_never_see_each_others_response(2),
                 records_vanishing_between_claim_and_read_are_claimed_again(8),
+                identifiers_differing_only_in_case_trailing_space_or_accents_never_share_a_record(2),
             );
         )*
     };
 }
 
 conformance!(memory, sqlite, postgres, mysql);
+
+// ---- purging in chunks -------------------------------------------------------
+
+/// A SQL backend of the key store, with its clock in `idem_keys`' time type.
+trait KeysDb: transitions_support::Db + KeyBackend {
+    /// `seconds` before the database's now (after it when negative).
+    fn seconds_ago(seconds: i64) -> String;
+}
+
+impl KeysDb for sqlx::Sqlite {
+    fn seconds_ago(seconds: i64) -> String {
+        format!("((julianday('now') - 2440587.5) * 86400.0) - ({seconds})")
+    }
+}
+
+impl KeysDb for sqlx::Postgres {
+    fn seconds_ago(seconds: i64) -> String {
+        format!("now() - INTERVAL '{seconds} seconds'")
+    }
+}
+
+impl KeysDb for sqlx::MySql {
+    fn seconds_ago(seconds: i64) -> String {
+        format!("UTC_TIMESTAMP(6) - INTERVAL {seconds} SECOND")
+    }
+}
+
+/// Inserts `n` records `<prefix><i>` of scope `c`/`payments` and the
+/// fingerprint of `x`, in one statement (the numbers come from a cross
+/// join of a `digits` table, so up to 100,000): completed `seconds` ago,
+/// or running with a lease that ended `seconds` ago.
+async fn insert_records<DB: KeysDb>(
+    pool: &sqlx::Pool<DB>,
+    prefix: &str,
+    n: u32,
+    running: bool,
+    seconds: i64,
+) {
+    let at = DB::seconds_ago(seconds);
+    let (state, completed, lease) = if running {
+        ("running", "NULL".to_owned(), at.clone())
+    } else {
+        ("done", at.clone(), "NULL".to_owned())
+    };
+    let (s, f) = (scope("c").as_str().to_owned(), fp("x").to_hex());
+    let sql = format!(
+        "INSERT INTO idem_keys (scope, idem_key, fingerprint, state, token, attempt, status, \
+         headers, body, created_at, completed_at, lease_until) \
+         SELECT '{s}', CONCAT('{prefix}', n), '{f}', '{state}', n, 1, 201, '[]', NULL, {at}, \
+         {completed}, {lease} \
+         FROM (SELECT a.d + 10 * b.d + 100 * c.d + 1000 * e.d + 10000 * g.d AS n \
+               FROM digits a, digits b, digits c, digits e, digits g) numbers \
+         WHERE n < {n}"
+    );
+    DB::exec(pool, &sql).await;
+}
+
+/// Statements of `recorded` that were `DELETE`s.
+fn deletes(recorded: Vec<String>) -> usize {
+    recorded.iter().filter(|s| s.as_str() == "DELETE").count()
+}
+
+/// A backlog of 25,000 completed and 1,500 abandoned records past the
+/// retention goes in chunks of 1,000 (26 + 2 statements: the last of each
+/// kind comes back short), each committed on its own; the 600 records
+/// inside the retention (completed half an hour ago, running on a live
+/// lease, running on a lease that ended half an hour ago) all survive.
+async fn a_backlog_is_purged_in_chunks_and_records_inside_the_retention_survive<DB: KeysDb>(
+    h: Sql<DB>,
+) where
+    Sql<DB>: Harness,
+{
+    let pool = h.0.pool().clone();
+    DB::exec(&pool, "CREATE TABLE digits (d INTEGER NOT NULL)").await;
+    DB::exec(
+        &pool,
+        "INSERT INTO digits (d) VALUES (0), (1), (2), (3), (4), (5), (6), (7), (8), (9)",
+    )
+    .await;
+    insert_records(&pool, "old-done-", 25_000, false, 7_200).await;
+    insert_records(&pool, "old-abandoned-", 1_500, true, 7_200).await;
+    insert_records(&pool, "fresh-done-", 300, false, 1_800).await;
+    insert_records(&pool, "live-", 200, true, -3_600).await;
+    insert_records(&pool, "recently-abandoned-", 100, true, 1_800).await;
+    assert_eq!(h.records().await, 27_100);
+
+    let store = h.0.clone().with_purge_chunk(1_000.try_into().unwrap());
+    let recorder = transitions_support::Recorder::default();
+    let retention = Duration::from_secs(3_600);
+    let purged = recorder.record(store.purge(retention)).await.unwrap();
+    assert_eq!(purged, 26_500);
+    assert_eq!(deletes(recorder.take()), 26 + 2, "one statement per chunk");
+    assert_eq!(h.records().await, 600);
+    for (prefix, left) in [
+        ("fresh-done-", 300),
+        ("live-", 200),
+        ("recently-abandoned-", 100),
+    ] {
+        let sql = format!("SELECT COUNT(*) FROM idem_keys WHERE idem_key LIKE '{prefix}%'");
+        assert_eq!(DB::count(&pool, &sql).await, left, "{prefix}");
+    }
+    assert_eq!(recorder.record(store.purge(retention)).await.unwrap(), 0);
+    assert_eq!(deletes(recorder.take()), 2);
+    assert_eq!(
+        claim(&store, &scope("c"), &key("fresh-done-7"), &fp("x"), LONG).await,
+        Claim::Replay(StoredResponse::new(201, Vec::new())),
+        "a record inside the retention still replays"
+    );
+}
+
+/// A purge that meets a record while another transaction takes it over
+/// (its lease renewed, not yet committed) never deletes it: PostgreSQL's
+/// chunk skips the locked row and re-checks the condition on the row's
+/// new version; MySQL's waits and reads the committed version; SQLite's
+/// waits for the writer. (A chunk that re-checked only `key IN (keys it
+/// picked)` would delete a live lease: its holder's response would be
+/// lost, and a retry would run the work again.)
+async fn a_purge_never_deletes_a_record_taken_over_while_it_ran<DB: KeysDb>(h: Sql<DB>)
+where
+    Sql<DB>: Harness,
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+    for<'q> DB::Arguments<'q>: sqlx::IntoArguments<'q, DB>,
+{
+    let pool = h.0.pool().clone();
+    DB::exec(&pool, "CREATE TABLE digits (d INTEGER NOT NULL)").await;
+    DB::exec(&pool, "INSERT INTO digits (d) VALUES (0), (1)").await;
+    insert_records(&pool, "taken-", 1, true, 7_200).await;
+    insert_records(&pool, "old-", 1, true, 7_200).await;
+    let mut takeover = pool.begin().await.unwrap();
+    let renew = format!(
+        "UPDATE idem_keys SET lease_until = {}, attempt = 2 WHERE idem_key = 'taken-0'",
+        DB::seconds_ago(-3_600)
+    );
+    sqlx::query(&renew).execute(&mut *takeover).await.unwrap();
+    let store = h.0.clone();
+    let purge = tokio::spawn(async move { store.purge(Duration::from_secs(3_600)).await });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    takeover.commit().await.unwrap();
+    assert_eq!(
+        purge.await.unwrap().unwrap(),
+        1,
+        "only the abandoned record"
+    );
+    let left = "SELECT COUNT(*) FROM idem_keys WHERE idem_key = 'taken-0'";
+    assert_eq!(
+        DB::count(&pool, left).await,
+        1,
+        "the renewed lease survives"
+    );
+    assert_eq!(h.records().await, 1);
+}
+
+/// The SQL-only cases, on each database.
+macro_rules! sql_suite {
+    ($($backend:ident),*) => {
+        $(
+            suite!($backend:
+                a_backlog_is_purged_in_chunks_and_records_inside_the_retention_survive(2),
+                a_purge_never_deletes_a_record_taken_over_while_it_ran(3),
+            );
+        )*
+    };
+}
+
+mod chunked {
+    use super::*;
+
+    sql_suite!(sqlite, postgres, mysql);
+}
 
 // ---- the transactional mode ------------------------------------------------
 
@@ -858,4 +1077,148 @@ async fn a_claim_that_waited_for_the_inserter_reads_the_committed_response_on_po
         Claim::Replay(StoredResponse::new(201, b"committed".to_vec()))
     );
     assert_eq!(recorder.take(), ["WITH", "SELECT"]);
+}
+
+// ---- tables of earlier versions ------------------------------------------------
+
+/// `idem_keys` as versions before byte-exact identifiers created it on
+/// MySQL: text columns with binary, PAD SPACE collations.
+fn mysql_text_identifiers() -> String {
+    idem_sqlx::keys::schema(idem::Dialect::MySql)
+        .replace(
+            "VARBINARY(512)",
+            "VARCHAR(512) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin",
+        )
+        .replace(
+            "VARBINARY(255)",
+            "VARCHAR(255) CHARACTER SET ascii COLLATE ascii_bin",
+        )
+        .replace(
+            "VARBINARY(64)",
+            "VARCHAR(64) CHARACTER SET ascii COLLATE ascii_bin",
+        )
+}
+
+/// On a table of an earlier version (issue 10's input replays another
+/// scope's response there), `install` and `idem_sqlx::install` refuse to
+/// go on and name the `ALTER TABLE` to run; once it ran, install passes,
+/// the old record is kept and replays, and the padded scope is a record
+/// of its own.
+#[tokio::test]
+async fn install_refuses_text_identifier_columns_on_mysql_and_names_the_migration() {
+    let Some(pool) = common::mysql(2).await else {
+        return;
+    };
+    let old = mysql_text_identifiers();
+    assert!(!old.contains("VARBINARY"), "{old}");
+    sqlx::raw_sql(&old).execute(&pool).await.unwrap();
+    let store = SqlKeyStore::new(pool.clone());
+    let (k, f) = (key("order-42"), fp("same"));
+    let (payments, padded) = (
+        Scope::new("tenant-1", "payments").unwrap(),
+        Scope::new("tenant-1", "payments ").unwrap(),
+    );
+    let Claim::New(lease) = claim(&store, &payments, &k, &f, LONG).await else {
+        panic!("a fresh key must be new")
+    };
+    let _ = store.complete(&lease, &response(b"first")).await.unwrap();
+    assert_eq!(
+        claim(&store, &padded, &k, &f, LONG).await,
+        Claim::Replay(response(b"first")),
+        "the premise: PAD SPACE merges the two scopes"
+    );
+
+    let refused = store.install().await.unwrap_err();
+    let idem_sqlx::Error::OutdatedSchema {
+        table,
+        columns,
+        migration,
+    } = &refused
+    else {
+        panic!("{refused:?}")
+    };
+    assert_eq!(*table, "idem_keys");
+    for column in ["`scope`", "`idem_key`", "`fingerprint`"] {
+        assert!(columns.contains(column), "{columns}");
+    }
+    assert_eq!(
+        migration,
+        "ALTER TABLE idem_keys MODIFY scope VARBINARY(512) NOT NULL, \
+         MODIFY idem_key VARBINARY(255) NOT NULL, MODIFY fingerprint VARBINARY(64) NOT NULL"
+    );
+    assert!(
+        refused.to_string().contains(migration.as_str()),
+        "{refused}"
+    );
+    assert!(matches!(
+        idem_sqlx::install(&pool).await,
+        Err(idem_sqlx::Error::OutdatedSchema { .. })
+    ));
+
+    sqlx::query(migration).execute(&pool).await.unwrap();
+    store.install().await.unwrap();
+    idem_sqlx::install(&pool).await.unwrap();
+    assert_eq!(
+        claim(&store, &payments, &k, &f, LONG).await,
+        Claim::Replay(response(b"first"))
+    );
+    assert!(matches!(
+        claim(&store, &padded, &k, &f, LONG).await,
+        Claim::New(_)
+    ));
+}
+
+/// PostgreSQL compares bytes whatever the database's default collation:
+/// every collation a database can have by default is deterministic. Here
+/// the default is ICU's root locale at secondary strength, which *sorts*
+/// `a` and `A` together; the conformance case still sees every
+/// identifier as its own record.
+#[tokio::test]
+async fn postgres_compares_identifiers_byte_for_byte_under_a_case_insensitive_sort_order() {
+    use futures::FutureExt;
+    use sqlx::{Connection, Executor};
+
+    let Ok(url) = std::env::var("IDEM_TEST_POSTGRES") else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "IDEM_TEST_POSTGRES is unset in CI"
+        );
+        return;
+    };
+    let options: sqlx::postgres::PgConnectOptions = url.parse().unwrap();
+    let name = format!("idem_t_icu_{}", std::process::id());
+    let drop = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
+    let mut admin = sqlx::PgConnection::connect_with(&options).await.unwrap();
+    admin.execute(drop.as_str()).await.unwrap();
+    admin
+        .execute(
+            format!(
+                "CREATE DATABASE {name} TEMPLATE template0 LOCALE_PROVIDER icu \
+                 ICU_LOCALE 'und-u-ks-level2' LOCALE 'C.UTF-8'"
+            )
+            .as_str(),
+        )
+        .await
+        .unwrap();
+    let run = async {
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(2)
+            .connect_with(options.clone().database(&name))
+            .await
+            .unwrap();
+        let sorts: bool = sqlx::query_scalar("SELECT 'a' < 'B' AND 'A' < 'b' AND 'a' <> 'A'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        assert!(sorts, "the premise: case-insensitive order, exact equality");
+        let harness = installed(pool.clone()).await.unwrap();
+        identifiers_differing_only_in_case_trailing_space_or_accents_never_share_a_record(harness)
+            .await;
+        pool.close().await;
+    };
+    let outcome = std::panic::AssertUnwindSafe(run).catch_unwind().await;
+    admin.execute(drop.as_str()).await.unwrap();
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
 }

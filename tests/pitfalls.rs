@@ -413,6 +413,7 @@ macro_rules! keys {
 
             /// Cleanup jobs racing each other: every old record is deleted
             /// (and counted) once, and no record inside the retention goes.
+            /// Chunks of 7 make the four purges interleave chunk by chunk.
             #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
             async fn concurrent_purges_delete_each_old_record_once_and_keep_the_rest() {
                 let Some(store) = store(5).await else { return };
@@ -440,7 +441,7 @@ macro_rules! keys {
                         .unwrap();
                 let purges: Vec<_> = (0..4)
                     .map(|_| {
-                        let store = store.clone();
+                        let store = store.clone().with_purge_chunk(7.try_into().unwrap());
                         tokio::spawn(async move {
                             store.purge(Duration::from_secs(3600)).await.unwrap()
                         })

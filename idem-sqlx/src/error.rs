@@ -32,6 +32,27 @@ pub enum Error {
     #[error("database error: {0}")]
     Database(#[source] sqlx::Error),
 
+    /// A table that an earlier version of idem installed on MySQL/MariaDB
+    /// keeps identifiers (scopes, keys, consumers, event ids) in text
+    /// columns, whose collations compare values that differ only in case,
+    /// accents or trailing spaces as equal: one client could be answered
+    /// with another's stored response. `install` refuses to go on; run
+    /// `migration` once (it keeps every row; it rebuilds the table, so
+    /// schedule it), then install again.
+    #[error(
+        "table `{table}` was installed by an earlier version of idem: its column(s) {columns} \
+         compare identifiers that differ only in case, accents or trailing spaces as equal; \
+         run this statement once (it keeps every row), then install again: {migration}"
+    )]
+    OutdatedSchema {
+        /// The table.
+        table: &'static str,
+        /// The outdated columns and their current types.
+        columns: String,
+        /// The statement that converts them to `VARBINARY`.
+        migration: String,
+    },
+
     /// The row kept moving into and out of the transition's source states
     /// between idem's statements (only possible when transitions form a
     /// cycle and other writers keep running them).

@@ -88,7 +88,7 @@ pub fn schema(dialect: Dialect, table: &str) -> Vec<String> {
         Dialect::MySql => vec![format!(
             "CREATE TABLE IF NOT EXISTS {name} (\
              id BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY, \
-             entity_key VARCHAR(255) NOT NULL, transition VARCHAR(255) NOT NULL, \
+             entity_key VARBINARY(1020) NOT NULL, transition VARCHAR(255) NOT NULL, \
              from_state VARCHAR(255) NOT NULL, to_state VARCHAR(255) NOT NULL, \
              at TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6), \
              KEY {index} (entity_key, id))"

@@ -100,6 +100,29 @@
 //! with a margin. Run `purge` periodically (e.g. hourly); concurrent purges
 //! are safe and never touch markers inside the window.
 //!
+//! # Growth, bound and reclaim
+//!
+//! `idem_inbox` grows with what producers publish: one row (consumer ≤ 255
+//! bytes, event id ≤ 255 bytes, a time) per event processed within the
+//! window, per consumer.
+//!
+//! - **Bound**: no row count. A full table never makes the inbox refuse
+//!   or skip an event (that would process it twice or never): the bound
+//!   is the event rate × the window, and the database's disk is what
+//!   every consumer shares. When the disk is full every delivery fails
+//!   and rolls back, unacknowledged, so the broker redelivers it once
+//!   there is room again; nothing is lost or run twice.
+//! - **Reclaim**: nothing expires by itself. [`Inbox::purge`] deletes one
+//!   consumer's markers older than its window, in chunks of at most
+//!   [`DEFAULT_PURGE_CHUNK`] rows (see [`Inbox::with_purge_chunk`]), each
+//!   chunk its own short transaction,
+//!   until a chunk comes back short: a backlog of a million markers never
+//!   holds one giant lock, and deliveries go on between chunks. On
+//!   PostgreSQL a chunk is a keyed subselect `LIMIT n FOR UPDATE SKIP
+//!   LOCKED` (concurrent purges take different rows), on MySQL/MariaDB
+//!   `DELETE ... LIMIT n` over the `(consumer, processed_at)` index, on
+//!   SQLite a keyed subselect with `LIMIT n`.
+//!
 //! # Cost
 //!
 //! A delivery costs `BEGIN`, one `INSERT` of the marker, the handler's own
@@ -110,9 +133,16 @@
 //!
 //! # Backends
 //!
-//! The table is keyed by `PRIMARY KEY (consumer, event_id)`; ids compare
-//! byte for byte on every backend (`VARBINARY` on MySQL, whose text
-//! collations ignore case and trailing spaces). The marker is written with
+//! The table is keyed by `PRIMARY KEY (consumer, event_id)`; consumer
+//! names and event ids compare byte for byte on every backend: `evt-1`,
+//! `EVT-1`, `evt-1 ` and `évt-1` are four events (`VARBINARY` on MySQL,
+//! whose text collations ignore case, accents or trailing spaces; `TEXT`
+//! with the deterministic default collation on PostgreSQL and `BINARY` on
+//! SQLite). Unicode is not normalized: a precomposed `é` and `e` with a
+//! combining accent are two ids. [`install`] on MySQL/MariaDB fails with
+//! [`Error::OutdatedSchema`] on an `idem_inbox` whose columns are text
+//! (one created by hand), naming the `ALTER TABLE` that fixes it. The
+//! marker is written with
 //! `INSERT ... ON CONFLICT DO NOTHING` on PostgreSQL (a duplicate never
 //! aborts the transaction), `INSERT IGNORE` on MySQL/MariaDB (event ids
 //! and consumer names are validated to fit the columns, so IGNORE never
@@ -123,6 +153,7 @@
 //! the handler takes `&self` so it can run again after such a rollback.
 
 use std::convert::Infallible;
+use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -134,9 +165,10 @@ use sqlx::Pool;
 
 pub use idem_core::inbox::{Delivery, EventId, DEFAULT_WINDOW};
 
+use crate::purge::in_chunks;
 use crate::retry::{run_attempts, Attempt, Failure};
 use crate::schema::install_scripts;
-use crate::{Backend, Error, HandlerError, RetryPolicy};
+use crate::{Backend, Error, HandlerError, RetryPolicy, DEFAULT_PURGE_CHUNK};
 
 /// The name of idem's inbox table.
 pub const TABLE: &str = "idem_inbox";
@@ -195,26 +227,40 @@ pub trait InboxBackend: Backend {
         event_id: &'c str,
     ) -> BoxFuture<'c, Result<bool, sqlx::Error>>;
 
-    /// Deletes the consumer's markers older than `window` by the database
-    /// clock and returns how many it deleted.
+    /// Deletes at most `limit` of the consumer's markers older than
+    /// `window` by the database clock (one chunk of a purge) and returns
+    /// how many it deleted.
     #[doc(hidden)]
     fn delete_markers<'c>(
         conn: &'c mut Self::Connection,
         consumer: &'c str,
         window: Duration,
+        limit: i64,
     ) -> BoxFuture<'c, Result<u64, sqlx::Error>>;
+
+    /// Fails with [`Error::OutdatedSchema`] when the installed table's
+    /// consumer or event id column does not compare byte for byte.
+    #[doc(hidden)]
+    fn check_identifiers(conn: &mut Self::Connection) -> BoxFuture<'_, Result<(), Error>>;
 }
 
 /// The deduplication inbox of one named consumer on a database.
 ///
 /// Cheap to clone (the pool is reference-counted). Consumers are isolated:
-/// the same event id is processed once by each consumer name.
+/// the same event id is processed once by each consumer name. Names and
+/// ids compare byte for byte on every backend.
+///
+/// Its table grows with the events processed and has no row bound (a full
+/// inbox must neither skip nor repeat an event); [`Inbox::purge`], run
+/// periodically, reclaims markers older than the window in chunks (see
+/// [the module docs](self#growth-bound-and-reclaim)).
 #[derive(Debug)]
 pub struct Inbox<B: Backend> {
     pool: Pool<B>,
     consumer: Arc<str>,
     window: Duration,
     retry: RetryPolicy,
+    purge_chunk: NonZeroU32,
 }
 
 impl<B: Backend> Clone for Inbox<B> {
@@ -224,6 +270,7 @@ impl<B: Backend> Clone for Inbox<B> {
             consumer: Arc::clone(&self.consumer),
             window: self.window,
             retry: self.retry,
+            purge_chunk: self.purge_chunk,
         }
     }
 }
@@ -243,6 +290,7 @@ impl<B: InboxBackend> Inbox<B> {
             consumer: consumer.into(),
             window: DEFAULT_WINDOW,
             retry: RetryPolicy::default(),
+            purge_chunk: DEFAULT_PURGE_CHUNK,
         })
     }
 
@@ -257,6 +305,15 @@ impl<B: InboxBackend> Inbox<B> {
     /// database) with `policy`.
     pub fn with_retry(mut self, policy: RetryPolicy) -> Self {
         self.retry = policy;
+        self
+    }
+
+    /// Sets how many markers one transaction of [`Inbox::purge`] deletes
+    /// at most (default [`DEFAULT_PURGE_CHUNK`]): each chunk commits on its
+    /// own, so a chunk bounds how long a purge holds its locks (on SQLite,
+    /// the write lock).
+    pub fn with_purge_chunk(mut self, rows: NonZeroU32) -> Self {
+        self.purge_chunk = rows;
         self
     }
 
@@ -311,17 +368,29 @@ impl<B: InboxBackend> Inbox<B> {
     /// database's clock, and returns how many it deleted. Markers inside
     /// the window and other consumers' markers are kept. Safe to run from
     /// several processes at once: each old marker is counted by one.
+    ///
+    /// It deletes in chunks of at most the purge chunk
+    /// ([`Inbox::with_purge_chunk`]), each in a transaction of its own
+    /// (retried on transient conflicts with the inbox's retry policy), so
+    /// deliveries go on between chunks. On an error, the chunks before it
+    /// stay deleted.
     pub async fn purge(&self) -> Result<u64, Error> {
-        let attempt = Purge {
-            consumer: &self.consumer,
-            window: self.window.min(MAX_WINDOW),
-        };
-        run_attempts(&self.pool, &self.retry, attempt)
-            .await
-            .map_err(|e: HandlerError<Infallible>| match e {
-                HandlerError::Idem(e) => e,
-                HandlerError::Handler(never) => match never {},
-            })
+        in_chunks(self.purge_chunk, |limit| {
+            let attempt = Purge {
+                consumer: &self.consumer,
+                window: self.window.min(MAX_WINDOW),
+                limit,
+            };
+            async move {
+                run_attempts(&self.pool, &self.retry, attempt)
+                    .await
+                    .map_err(|e: HandlerError<Infallible>| match e {
+                        HandlerError::Idem(e) => e,
+                        HandlerError::Handler(never) => match never {},
+                    })
+            }
+        })
+        .await
     }
 }
 
@@ -354,10 +423,11 @@ impl<B: InboxBackend, H: InboxHandler<B>> Attempt<B, Delivery<H::Output>, H::Err
     }
 }
 
-/// One attempt of [`Inbox::purge`].
+/// One attempt of one chunk of [`Inbox::purge`].
 struct Purge<'a> {
     consumer: &'a str,
     window: Duration,
+    limit: i64,
 }
 
 impl<B: InboxBackend> Attempt<B, u64, Infallible> for Purge<'_> {
@@ -365,7 +435,9 @@ impl<B: InboxBackend> Attempt<B, u64, Infallible> for Purge<'_> {
         &'t mut self,
         tx: &'t mut sqlx::Transaction<'static, B>,
     ) -> BoxFuture<'t, Result<u64, Failure<Infallible>>> {
-        Box::pin(async move { Ok(B::delete_markers(tx, self.consumer, self.window).await?) })
+        Box::pin(
+            async move { Ok(B::delete_markers(tx, self.consumer, self.window, self.limit).await?) },
+        )
     }
 }
 
@@ -375,8 +447,19 @@ impl<B: InboxBackend> Attempt<B, u64, Infallible> for Purge<'_> {
 /// [`install_sql`](crate::install_sql)); [`crate::install`] installs the
 /// key store's table too. Users who manage migrations themselves run
 /// [`schema`] instead.
+///
+/// On MySQL/MariaDB it then checks that `consumer` and `event_id` are
+/// `VARBINARY` and fails with [`Error::OutdatedSchema`], naming the
+/// `ALTER TABLE` to run, when an existing table keeps them as text.
 pub async fn install<B: InboxBackend>(pool: &Pool<B>) -> Result<(), Error> {
-    install_scripts(pool, &[schema(B::DIALECT)]).await
+    install_scripts(pool, &[schema(B::DIALECT)]).await?;
+    check_identifiers(pool).await
+}
+
+/// [`InboxBackend::check_identifiers`] on a connection of `pool`.
+pub(crate) async fn check_identifiers<B: InboxBackend>(pool: &Pool<B>) -> Result<(), Error> {
+    let mut conn = pool.acquire().await.map_err(Error::Database)?;
+    B::check_identifiers(&mut conn).await
 }
 
 /// The SQL that creates the inbox table and its index on `dialect`, for
@@ -400,8 +483,9 @@ CREATE TABLE IF NOT EXISTS idem_inbox (
 CREATE INDEX IF NOT EXISTS idem_inbox_processed_at ON idem_inbox (consumer, processed_at);
 ";
 
-// VARBINARY: MySQL's text collations would make `A`/`a` and `a`/`a ` the
-// same event. DATETIME in UTC (written with UTC_TIMESTAMP) has no 2038 limit.
+// VARBINARY: MySQL's text collations would make `A`/`a`, `a`/`a ` or `e`/`é`
+// the same event. DATETIME in UTC (written with UTC_TIMESTAMP) has no 2038
+// limit. Keep in step with MYSQL_IDENTIFIERS.
 const MYSQL_SCHEMA: &str = "\
 CREATE TABLE IF NOT EXISTS idem_inbox (
     consumer     VARBINARY(255) NOT NULL,
@@ -411,6 +495,17 @@ CREATE TABLE IF NOT EXISTS idem_inbox (
     KEY idem_inbox_processed_at (consumer, processed_at)
 ) ENGINE = InnoDB;
 ";
+
+/// The identifier columns of `idem_inbox` on MySQL, as [`MYSQL_SCHEMA`]
+/// creates them.
+#[cfg(feature = "mysql")]
+const MYSQL_IDENTIFIERS: crate::upgrade::Identifiers = crate::upgrade::Identifiers {
+    table: TABLE,
+    columns: &[
+        ("consumer", "VARBINARY(255) NOT NULL"),
+        ("event_id", "VARBINARY(255) NOT NULL"),
+    ],
+};
 
 // processed_at: UTC text 'YYYY-MM-DD HH:MM:SS.SSS', which sorts in time order.
 const SQLITE_SCHEMA: &str = "\
@@ -450,22 +545,35 @@ impl InboxBackend for sqlx::Postgres {
         })
     }
 
+    // The condition is repeated on the DELETE so that a row changed after
+    // the snapshot is re-checked on its new version; SKIP LOCKED lets
+    // concurrent purges take different rows.
     fn delete_markers<'c>(
         conn: &'c mut sqlx::PgConnection,
         consumer: &'c str,
         window: Duration,
+        limit: i64,
     ) -> BoxFuture<'c, Result<u64, sqlx::Error>> {
         Box::pin(async move {
             let done = sqlx::query(
-                "DELETE FROM idem_inbox WHERE consumer = $1 \
-                 AND processed_at < now() - $2::bigint * INTERVAL '1 microsecond'",
+                "DELETE FROM idem_inbox WHERE (consumer, event_id) IN (\
+                 SELECT consumer, event_id FROM idem_inbox WHERE consumer = $1 \
+                 AND processed_at < now() - $2::bigint * INTERVAL '1 microsecond' \
+                 LIMIT $3 FOR UPDATE SKIP LOCKED) \
+                 AND consumer = $1 AND processed_at < now() - $2::bigint * INTERVAL '1 microsecond'",
             )
             .bind(consumer)
             .bind(micros(window))
+            .bind(limit)
             .execute(conn)
             .await?;
             Ok(done.rows_affected())
         })
+    }
+
+    fn check_identifiers(_: &mut sqlx::PgConnection) -> BoxFuture<'_, Result<(), Error>> {
+        // Deterministic collations: equality is byte equality.
+        Box::pin(async { Ok(()) })
     }
 }
 
@@ -493,17 +601,32 @@ impl InboxBackend for sqlx::MySql {
         conn: &'c mut sqlx::MySqlConnection,
         consumer: &'c str,
         window: Duration,
+        limit: i64,
     ) -> BoxFuture<'c, Result<u64, sqlx::Error>> {
         Box::pin(async move {
             let done = sqlx::query(
                 "DELETE FROM idem_inbox WHERE consumer = ? \
-                 AND processed_at < UTC_TIMESTAMP(6) - INTERVAL ? MICROSECOND",
+                 AND processed_at < UTC_TIMESTAMP(6) - INTERVAL ? MICROSECOND LIMIT ?",
             )
             .bind(consumer)
             .bind(micros(window))
+            .bind(limit)
             .execute(conn)
             .await?;
             Ok(done.rows_affected())
+        })
+    }
+
+    fn check_identifiers(conn: &mut sqlx::MySqlConnection) -> BoxFuture<'_, Result<(), Error>> {
+        Box::pin(async move {
+            let outdated: Vec<(String, String)> =
+                sqlx::query_as(crate::upgrade::MYSQL_NOT_VARBINARY)
+                    .bind(MYSQL_IDENTIFIERS.table)
+                    .bind(MYSQL_IDENTIFIERS.names())
+                    .fetch_all(conn)
+                    .await
+                    .map_err(crate::backend::db_error::<sqlx::MySql>)?;
+            MYSQL_IDENTIFIERS.check(&outdated)
         })
     }
 }
@@ -533,6 +656,7 @@ impl InboxBackend for sqlx::Sqlite {
         conn: &'c mut sqlx::SqliteConnection,
         consumer: &'c str,
         window: Duration,
+        limit: i64,
     ) -> BoxFuture<'c, Result<u64, sqlx::Error>> {
         // A date modifier such as '-86400.000000 seconds'.
         let modifier = format!(
@@ -542,14 +666,21 @@ impl InboxBackend for sqlx::Sqlite {
         );
         Box::pin(async move {
             let done = sqlx::query(
-                "DELETE FROM idem_inbox WHERE consumer = ?1 \
-                 AND processed_at < strftime('%Y-%m-%d %H:%M:%f', 'now', ?2)",
+                "DELETE FROM idem_inbox WHERE (consumer, event_id) IN (\
+                 SELECT consumer, event_id FROM idem_inbox WHERE consumer = ?1 \
+                 AND processed_at < strftime('%Y-%m-%d %H:%M:%f', 'now', ?2) LIMIT ?3)",
             )
             .bind(consumer)
             .bind(modifier)
+            .bind(limit)
             .execute(conn)
             .await?;
             Ok(done.rows_affected())
         })
+    }
+
+    fn check_identifiers(_: &mut sqlx::SqliteConnection) -> BoxFuture<'_, Result<(), Error>> {
+        // TEXT compares with the BINARY collation: bytes.
+        Box::pin(async { Ok(()) })
     }
 }

@@ -61,6 +61,25 @@
 //! [`install`] creates idem's own tables (keys and inbox) on any backend,
 //! and [`install_sql`] the application's, safely when processes start
 //! together.
+//!
+//! # Text key columns on MySQL/MariaDB
+//!
+//! idem compares its own identifiers byte for byte on every backend
+//! (scopes, keys and fingerprints in [`keys`], consumers and event ids in
+//! [`inbox`], `entity_key` in [`history`]), but the key column of a state
+//! machine's table is yours, and on MySQL/MariaDB a text column compares
+//! with its collation. With the usual defaults (`utf8mb4_general_ci`,
+//! `utf8mb4_0900_ai_ci`) `pay().apply(&pool, "acme")` finds and moves the
+//! row of `ACME`, or of `ácme`; even `utf8mb4_bin` ignores trailing
+//! spaces, so `"acme "` moves the row of `acme`. When keys are text that
+//! clients choose or that must stay distinct by case, make the key column
+//! byte-comparing: `VARBINARY(n)` (MySQL and MariaDB alike; bind `&str` or
+//! `String` as usual), or a binary collation without padding
+//! (`utf8mb4_0900_bin` on MySQL 8, `utf8mb4_nopad_bin` on MariaDB).
+//! Integer and UUID keys are not affected, nor are PostgreSQL (its
+//! collations are deterministic: equality is byte equality) and SQLite
+//! (`BINARY`). On MySQL the history table's `entity_key` is
+//! `VARBINARY(1020)`: read it as bytes or with `CAST(entity_key AS CHAR)`.
 
 mod backend;
 #[cfg(any(feature = "mysql", feature = "sqlite"))]
@@ -76,17 +95,20 @@ pub mod keys;
 mod mysql;
 #[cfg(feature = "postgres")]
 mod postgres;
+mod purge;
 mod retry;
 mod schema;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 mod transition;
+mod upgrade;
 
 pub use backend::{Backend, ErrorKind};
 pub use error::{Error, HandlerError};
 pub use handler::TransitionHandler;
 pub use insert::{insert_once, Insert, InsertBackend};
 pub use key::Key;
+pub use purge::DEFAULT_PURGE_CHUNK;
 pub use retry::{RetryPolicy, RETRY_TARGET};
 pub use schema::{install, install_sql};
 pub use transition::TransitionExt;

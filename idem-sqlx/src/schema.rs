@@ -55,6 +55,12 @@ pub(crate) async fn install_scripts<B: Backend, S: AsRef<str>>(
 /// [`install_sql`]). Projects that keep their own migrations copy the
 /// schemas instead.
 ///
+/// On MySQL/MariaDB it then checks that both tables keep their
+/// identifiers in `VARBINARY` columns, and fails with
+/// [`Error::OutdatedSchema`] naming the `ALTER TABLE` to run when a table
+/// an earlier version created keeps them as text (see
+/// [`keys`](crate::keys#upgrading-from-text-identifier-columns-on-mysqlmariadb)).
+///
 /// ```
 /// use idem_core::keys::{DEFAULT_RETENTION, KeyStore};
 /// use idem_sqlx::inbox::Inbox;
@@ -90,7 +96,11 @@ pub async fn install<B: KeyBackend + InboxBackend>(pool: &Pool<B>) -> Result<(),
             crate::inbox::schema(B::DIALECT),
         ],
     )
-    .await
+    .await?;
+    crate::keys::SqlKeyStore::new(pool.clone())
+        .check_identifiers()
+        .await?;
+    crate::inbox::check_identifiers(pool).await
 }
 
 /// Runs the application's own schema statements (`CREATE TABLE IF NOT

@@ -55,6 +55,8 @@ on_every_backend!(
     two_servers_on_one_database_still_pay_each_invoice_once,
     a_restarted_server_keeps_its_data_and_installs_its_schema_again,
     an_event_redelivered_after_its_marker_expired_still_pays_once,
+    clients_and_keys_that_differ_only_in_case_never_share_an_invoice,
+    event_ids_that_differ_only_in_case_space_or_accents_are_different_events,
 );
 
 fn invoice_body(amount_cents: i64) -> Value {
@@ -351,6 +353,104 @@ async fn payment_events_go_through_the_inbox_once(db: Db) {
         .await
         .assert_problem(422, "payment.failed");
     assert_eq!(db.payments_per_invoice().await, BTreeMap::from([(id, 1)]));
+}
+
+/// `POST /invoices` as `client` with idempotency key `key`.
+async fn create_as(api: &Api, client: &str, key: &str, body: &Value) -> support::Reply {
+    let headers = [
+        ("content-type", "application/json"),
+        ("idempotency-key", key),
+        ("x-client-id", client),
+    ];
+    api.post_raw("/invoices", &headers, &body.to_string()).await
+}
+
+/// Client ids and request keys compare byte for byte, in idem's key table
+/// and in the app's own `invoices (client_id, request_key)`: five requests
+/// whose client or key differs only in letter case (same body, so the app
+/// would accept another's invoice as "the one this request created") each
+/// create an invoice of their own, their retries replay it, and once the
+/// key records are gone the unique business key still gives each request
+/// its own invoice back. (HTTP header values cannot carry accents, and
+/// their trailing spaces are not part of the value; the event ids below
+/// carry those.)
+async fn clients_and_keys_that_differ_only_in_case_never_share_an_invoice(db: Db) {
+    let server = Server::start(&db);
+    let api = Api::new(&server);
+    let body = invoice_body(4200);
+    let requests = [
+        ("acme", "order-1"),
+        ("ACME", "order-1"),
+        ("Acme", "order-1"),
+        ("acme", "ORDER-1"),
+        ("acme", "Order-1"),
+    ];
+    let mut ids = Vec::new();
+    for (client, key) in requests {
+        let created = create_as(&api, client, key, &body).await;
+        assert_eq!(created.status, 201, "{client}/{key}: {}", created.text);
+        assert!(
+            !created.replayed(),
+            "{client}/{key} replayed another's invoice"
+        );
+        ids.push(created.json["id"].as_i64().unwrap());
+    }
+    let distinct: std::collections::BTreeSet<_> = ids.iter().collect();
+    assert_eq!(distinct.len(), requests.len(), "{ids:?}");
+    for ((client, key), id) in requests.iter().zip(&ids) {
+        let retry = create_as(&api, client, key, &body).await;
+        assert!(retry.replayed(), "{client}/{key}");
+        assert_eq!(retry.json["id"], *id, "{client}/{key}");
+    }
+    // Without the key records, the app's own unique (client, request key).
+    db.execute("DELETE FROM idem_keys").await;
+    for ((client, key), id) in requests.iter().zip(&ids) {
+        let retry = create_as(&api, client, key, &body).await;
+        assert_eq!(retry.status, 201, "{client}/{key}: {}", retry.text);
+        assert!(!retry.replayed());
+        assert_eq!(
+            retry.json["id"], *id,
+            "{client}/{key} got another's invoice"
+        );
+    }
+    assert_eq!(db.count("invoices").await, requests.len() as i64);
+}
+
+/// Event ids that differ only in case, trailing spaces or accents
+/// (precomposed, or a letter and a combining mark) are six events: each
+/// pays its own invoice, and each is a duplicate when redelivered.
+async fn event_ids_that_differ_only_in_case_space_or_accents_are_different_events(db: Db) {
+    let server = Server::start(&db);
+    let api = Api::new(&server);
+    let events = [
+        "evt-1",
+        "EVT-1",
+        "Evt-1",
+        "evt-1 ",
+        "\u{e9}vt-1",
+        "e\u{301}vt-1",
+    ];
+    let mut invoices = Vec::new();
+    for n in 0..events.len() {
+        let id = api.create(&format!("evented-{n}"), 500).await;
+        assert_eq!(api.transition(id, "issue").await.status, 200);
+        invoices.push(id);
+    }
+    for round in ["processed", "duplicate"] {
+        for (event_id, invoice) in events.iter().zip(&invoices) {
+            let reply = api
+                .post("/events", None, &event(event_id, *invoice, 500))
+                .await;
+            assert_eq!(reply.status, 200, "{event_id:?}: {}", reply.text);
+            assert_eq!(reply.json["outcome"], round, "{event_id:?}");
+        }
+    }
+    let paid: BTreeMap<i64, i64> = invoices.iter().map(|id| (*id, 1)).collect();
+    assert_eq!(db.payments_per_invoice().await, paid);
+    for (event_id, invoice) in events.iter().zip(&invoices) {
+        let payments = api.get(&format!("/invoices/{invoice}/payments")).await;
+        assert_eq!(payments.json[0]["reference"], *event_id);
+    }
 }
 
 async fn bad_input_is_a_problem_and_writes_nothing(db: Db) {

@@ -133,15 +133,99 @@
 //!   a replay 205 µs against 95-110 µs). The upsert stays first, so the
 //!   first execution stays one statement.
 //!
-//! `complete`, `release` and `purge` are one statement each. No statement
-//! compares a time the application sent: every lease and retention is
-//! `database now ± duration`. A pool's `test_before_acquire` (on by
-//! default in sqlx) adds a ping per call; turn it off on pools that serve
-//! hot paths.
+//! `complete` and `release` are one statement each; `purge` is one
+//! statement per chunk (below). No statement compares a time the
+//! application sent: every lease and retention is `database now ±
+//! duration`. A pool's `test_before_acquire` (on by default in sqlx) adds
+//! a ping per call; turn it off on pools that serve hot paths.
+//!
+//! # Identifiers compare byte for byte
+//!
+//! A scope (client and operation), a key and a fingerprint match a stored
+//! record only when their bytes are equal, on every backend: no case
+//! folding, no trailing-space padding, no accent folding. `("tenant-1",
+//! "payments")` and `("tenant-1", "payments ")` are two scopes, `order-42`
+//! and `ORDER-42` two keys.
+//!
+//! - **MySQL/MariaDB**: the identifier columns are `VARBINARY`. Text
+//!   columns would not do: the default collations ignore case (`_ci`)
+//!   and accents (`_ai`), and the binary ones that both MySQL 8 and
+//!   MariaDB have (`utf8mb4_bin`, `ascii_bin`) still ignore trailing
+//!   spaces (PAD SPACE).
+//! - **PostgreSQL**: `VARCHAR` with the database's collation. Every
+//!   collation a database can have by default is deterministic, so
+//!   equality is byte equality even where sorting is linguistic.
+//! - **SQLite**: `TEXT`, whose default collation (`BINARY`) compares bytes.
+//!
+//! idem does not normalize Unicode: a client id sent as a precomposed `é`
+//! and as `e` followed by a combining accent is two clients. Normalize
+//! identifiers before [`Scope::new`] if the same client can reach you in
+//! both forms.
+//!
+//! # Upgrading from text identifier columns on MySQL/MariaDB
+//!
+//! Versions before this one created `idem_keys.scope`, `idem_key` and
+//! `fingerprint` as text columns with binary collations, and `CREATE
+//! TABLE IF NOT EXISTS` does not change an existing table. On such a
+//! table [`SqlKeyStore::install`] (and [`crate::install`]) fails with
+//! [`Error::OutdatedSchema`], which names the columns and the statement
+//! to run once:
+//!
+//! ```sql
+//! ALTER TABLE idem_keys
+//!     MODIFY scope VARBINARY(512) NOT NULL,
+//!     MODIFY idem_key VARBINARY(255) NOT NULL,
+//!     MODIFY fingerprint VARBINARY(64) NOT NULL;
+//! ```
+//!
+//! It keeps every record (their bytes are unchanged, and byte equality
+//! is finer than the old collation, so no two rows collide). InnoDB
+//! rebuilds the table for it, blocking writes while it runs: schedule it,
+//! or purge first so the table is small. install refuses instead of
+//! running it at start-up for that reason, and does not merely warn
+//! because the old table lets one client replay another's response.
+//! Projects that create the table from their own migrations add this
+//! statement to them.
+//!
+//! # Growth, bound and reclaim
+//!
+//! `idem_keys` grows with client input: one row per `(scope, key)` claimed
+//! within the retention, each holding the scope (≤ 512 bytes), the key
+//! (≤ 255), the fingerprint (64) and the stored response (whose size the
+//! service's handlers decide).
+//!
+//! - **Bound**: no row count. Unlike the in-memory store, the table never
+//!   refuses a claim because it is full, so one client's keys never deny
+//!   service to another; their cost is the database's (disk, cache,
+//!   index depth), shared by every client. Bound a client's share in
+//!   front of the store, with a per-client rate limit answered with 429.
+//! - **Who pays when the database runs out of disk**: every client, as
+//!   every write then fails; the layer answers 503 and runs nothing.
+//!   Size the database for the peak claim rate × the retention.
+//! - **Reclaim**: nothing expires by itself. A running record whose lease
+//!   expired is taken over by the next claim of its key; otherwise
+//!   [`purge`](idem_core::keys::KeyStore::purge) deletes it once its lease
+//!   ended `retention` ago, and completed records `retention` after they
+//!   completed. Run `purge` periodically (hourly, say; the example service
+//!   does it at start and every hour).
+//!
+//! `purge` deletes in chunks of at most [`DEFAULT_PURGE_CHUNK`] rows
+//! (see [`SqlKeyStore::with_purge_chunk`]), each chunk its own statement,
+//! committed before the next, until a chunk comes back short: a backlog of
+//! a million records never holds one giant lock or transaction. On
+//! PostgreSQL a chunk is `DELETE ... WHERE (scope, idem_key) IN (SELECT
+//! ... LIMIT n FOR UPDATE SKIP LOCKED)`, so concurrent purges take
+//! different rows; on MySQL/MariaDB `DELETE ... LIMIT n` over the time's
+//! index; on SQLite a keyed subselect with `LIMIT n` (one writer at a
+//! time, released between chunks). Whatever the chunking, a purge never
+//! deletes a record inside the retention (each chunk reads the
+//! database's clock), and concurrent purges delete and count each record
+//! once.
 
 mod sql;
 mod store;
 
+use std::num::NonZeroU32;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
@@ -150,7 +234,7 @@ use idem_core::keys::{
 };
 use idem_core::Dialect;
 
-use crate::{Backend, Error, RetryPolicy};
+use crate::{Backend, Error, RetryPolicy, DEFAULT_PURGE_CHUNK};
 
 /// A backend the key store runs on: PostgreSQL, MySQL/MariaDB and SQLite.
 /// Its methods are the store's statements on that backend; name it as the
@@ -201,12 +285,30 @@ pub trait KeyBackend: Backend {
         lease: &'c Lease,
     ) -> BoxFuture<'c, Result<(), Error>>;
 
-    /// Deletes the records older than `retention`.
+    /// Deletes at most `limit` records of the `stale` kind older than
+    /// `retention` (one chunk of a purge) and returns how many it deleted.
     #[doc(hidden)]
-    fn purge_on(
+    fn purge_chunk_on(
         conn: &mut Self::Connection,
+        stale: Stale,
         retention: Duration,
+        limit: i64,
     ) -> BoxFuture<'_, Result<u64, Error>>;
+
+    /// Fails with [`Error::OutdatedSchema`] when the installed table's
+    /// identifier columns do not compare byte for byte.
+    #[doc(hidden)]
+    fn check_identifiers_on(conn: &mut Self::Connection) -> BoxFuture<'_, Result<(), Error>>;
+}
+
+/// Which old records one chunk of a purge deletes.
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stale {
+    /// Completed records whose completion is older than the retention.
+    Completed,
+    /// Running records whose lease ended longer ago than the retention.
+    Abandoned,
 }
 
 /// The SQL that creates the `idem_keys` table and its indexes in one
@@ -225,11 +327,20 @@ pub const fn schema(dialect: Dialect) -> &'static str {
 /// or SQLite. Cheap to clone (it holds the pool).
 ///
 /// It implements [`KeyStore`](idem_core::keys::KeyStore) (the leased mode)
-/// and [`SqlKeyStore::run_once`] (the transactional mode).
+/// and [`SqlKeyStore::run_once`] (the transactional mode). Scopes, keys and
+/// fingerprints compare byte for byte on every backend.
+///
+/// Its table grows with client input and has no row bound: a full table
+/// never refuses one client because of another's keys, the database's
+/// disk is what they share, and [`purge`](idem_core::keys::KeyStore::purge)
+/// (run it periodically) reclaims completed records after the retention
+/// and abandoned ones after their lease plus the retention, in chunks
+/// (see [the module docs](self#growth-bound-and-reclaim)).
 #[derive(Debug)]
 pub struct SqlKeyStore<B: sqlx::Database> {
     pool: sqlx::Pool<B>,
     retry: RetryPolicy,
+    purge_chunk: NonZeroU32,
 }
 
 impl<B: sqlx::Database> Clone for SqlKeyStore<B> {
@@ -237,6 +348,7 @@ impl<B: sqlx::Database> Clone for SqlKeyStore<B> {
         SqlKeyStore {
             pool: self.pool.clone(),
             retry: self.retry,
+            purge_chunk: self.purge_chunk,
         }
     }
 }
@@ -250,6 +362,7 @@ impl<B: sqlx::Database> SqlKeyStore<B> {
         SqlKeyStore {
             pool,
             retry: RetryPolicy::default(),
+            purge_chunk: DEFAULT_PURGE_CHUNK,
         }
     }
 
@@ -258,6 +371,16 @@ impl<B: sqlx::Database> SqlKeyStore<B> {
     /// failures, deadlocks and a busy database.
     pub fn with_retry(mut self, retry: RetryPolicy) -> Self {
         self.retry = retry;
+        self
+    }
+
+    /// Sets how many records one statement of
+    /// [`purge`](idem_core::keys::KeyStore::purge) deletes at most
+    /// (default [`DEFAULT_PURGE_CHUNK`]): each chunk commits on its own, so
+    /// a chunk bounds how long a purge holds its row locks (on SQLite, the
+    /// write lock).
+    pub fn with_purge_chunk(mut self, rows: NonZeroU32) -> Self {
+        self.purge_chunk = rows;
         self
     }
 

@@ -5,6 +5,8 @@
 
 use idem_core::Dialect;
 
+use crate::upgrade::Identifiers;
+
 /// The statements of one dialect.
 pub(crate) struct KeySql {
     pub schema: &'static str,
@@ -29,7 +31,17 @@ pub(crate) struct KeySql {
     pub read: &'static str,
     pub complete: &'static str,
     pub release: &'static str,
-    pub purge: &'static str,
+    /// Deletes at most `?2` completed records whose completion is older
+    /// than `?1` microseconds by the database's clock.
+    pub purge_completed: &'static str,
+    /// Deletes at most `?2` running records whose lease ended more than
+    /// `?1` microseconds ago (abandoned: nobody claimed the key again).
+    pub purge_abandoned: &'static str,
+    /// MySQL only: the identifier columns an earlier version's table may
+    /// hold as text, checked by `install`. `None` where every text column
+    /// already compares byte for byte (PostgreSQL's deterministic
+    /// collations, SQLite's `BINARY`).
+    pub identifiers: Option<&'static Identifiers>,
 }
 
 pub(crate) const fn for_dialect(dialect: Dialect) -> &'static KeySql {
@@ -38,6 +50,39 @@ pub(crate) const fn for_dialect(dialect: Dialect) -> &'static KeySql {
         Dialect::MySql => &MYSQL,
         Dialect::Sqlite => &SQLITE,
     }
+}
+
+/// The start of a purge chunk that deletes the records whose keys a
+/// subselect picks (PostgreSQL and SQLite have no `DELETE ... LIMIT`).
+macro_rules! keyed_chunk {
+    () => {
+        "DELETE FROM idem_keys
+WHERE (scope, idem_key) IN (
+    SELECT scope, idem_key FROM idem_keys
+    WHERE "
+    };
+}
+
+/// A PostgreSQL purge chunk: records where `$old` (a state and the time
+/// column to compare) is at most now - ?1 µs, at most ?2 of them. The
+/// subselect locks the rows it picks and skips rows locked by a
+/// concurrent purge (which deletes and counts them), so purges share the
+/// backlog instead of queueing on each other. The condition is repeated
+/// on the DELETE: when a row changed after the statement's snapshot,
+/// PostgreSQL re-checks the DELETE's own condition on the new version,
+/// and an `IN (list)` alone would still match it.
+macro_rules! postgres_purge {
+    ($old:literal) => {
+        concat!(
+            keyed_chunk!(),
+            $old,
+            " <= now() - $1 * INTERVAL '1 microsecond'
+    LIMIT $2 FOR UPDATE SKIP LOCKED)
+  AND ",
+            $old,
+            " <= now() - $1 * INTERVAL '1 microsecond'"
+        )
+    };
 }
 
 const POSTGRES: KeySql = KeySql {
@@ -92,27 +137,26 @@ SET state = 'done', status = $1, headers = $2, body = $3, completed_at = now(), 
 WHERE scope = $4 AND idem_key = $5 AND token = $6 AND state = 'running'",
     release: "\
 DELETE FROM idem_keys WHERE scope = $1 AND idem_key = $2 AND token = $3 AND state = 'running'",
-    purge: "\
-DELETE FROM idem_keys
-WHERE (state = 'done' AND completed_at <= now() - $1 * INTERVAL '1 microsecond')
-   OR (state = 'running' AND lease_until <= now() - $2 * INTERVAL '1 microsecond')",
+    purge_completed: postgres_purge!("state = 'done' AND completed_at"),
+    purge_abandoned: postgres_purge!("state = 'running' AND lease_until"),
+    identifiers: None,
 };
 
 const MYSQL: KeySql = KeySql {
     schema: "\
 CREATE TABLE IF NOT EXISTS idem_keys (
-    scope        VARCHAR(512) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
-    idem_key     VARCHAR(255) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
-    fingerprint  VARCHAR(64)  CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
-    state        VARCHAR(8)   CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
-    token        BIGINT       NOT NULL,
-    attempt      INT          NOT NULL,
-    lease_until  DATETIME(6)  NULL,
-    status       INT          NULL,
-    headers      MEDIUMTEXT   CHARACTER SET utf8mb4 NULL,
-    body         LONGBLOB     NULL,
-    created_at   DATETIME(6)  NOT NULL,
-    completed_at DATETIME(6)  NULL,
+    scope        VARBINARY(512) NOT NULL,
+    idem_key     VARBINARY(255) NOT NULL,
+    fingerprint  VARBINARY(64)  NOT NULL,
+    state        VARCHAR(8)     CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
+    token        BIGINT         NOT NULL,
+    attempt      INT            NOT NULL,
+    lease_until  DATETIME(6)    NULL,
+    status       INT            NULL,
+    headers      MEDIUMTEXT     CHARACTER SET utf8mb4 NULL,
+    body         LONGBLOB       NULL,
+    created_at   DATETIME(6)    NOT NULL,
+    completed_at DATETIME(6)    NULL,
     PRIMARY KEY (scope, idem_key),
     INDEX idem_keys_completed_at (completed_at),
     INDEX idem_keys_lease_until (lease_until)
@@ -130,7 +174,8 @@ WHERE scope = ? AND idem_key = ? AND fingerprint = ? AND state = 'running'
     // A locking read: inside a REPEATABLE READ transaction a plain SELECT
     // would read the snapshot, not the row the INSERT just collided with.
     // Shared, so concurrent duplicates do not deadlock each other. The
-    // binary collations make the text columns VARBINARY to the driver.
+    // fingerprint is VARBINARY (and `state`'s binary collation looks so to
+    // the driver): cast to text for sqlx's `String`.
     read: "\
 SELECT CAST(fingerprint AS CHAR), CAST(state AS CHAR), status, headers, body,
        TIMESTAMPDIFF(MICROSECOND, UTC_TIMESTAMP(6), lease_until)
@@ -141,10 +186,34 @@ SET state = 'done', status = ?, headers = ?, body = ?, completed_at = UTC_TIMEST
 WHERE scope = ? AND idem_key = ? AND token = ? AND state = 'running'",
     release: "\
 DELETE FROM idem_keys WHERE scope = ? AND idem_key = ? AND token = ? AND state = 'running'",
-    purge: "\
+    // A chunk: a range scan of the time's index, each chunk its own
+    // autocommit statement. MySQL flags a DELETE with LIMIT as unsafe for
+    // a statement-based binary log (a replica could pick other rows for a
+    // chunk); the ROW and MIXED formats, the defaults of MySQL 8 and
+    // MariaDB, log the rows deleted instead.
+    purge_completed: "\
 DELETE FROM idem_keys
-WHERE (state = 'done' AND completed_at <= UTC_TIMESTAMP(6) - INTERVAL ? MICROSECOND)
-   OR (state = 'running' AND lease_until <= UTC_TIMESTAMP(6) - INTERVAL ? MICROSECOND)",
+WHERE state = 'done' AND completed_at <= UTC_TIMESTAMP(6) - INTERVAL ? MICROSECOND
+LIMIT ?",
+    purge_abandoned: "\
+DELETE FROM idem_keys
+WHERE state = 'running' AND lease_until <= UTC_TIMESTAMP(6) - INTERVAL ? MICROSECOND
+LIMIT ?",
+    identifiers: Some(&MYSQL_IDENTIFIERS),
+};
+
+/// The identifier columns of `idem_keys` on MySQL, as [`MYSQL`]'s schema
+/// creates them (scopes up to `Scope::MAX_LEN` bytes, keys up to 255, a
+/// SHA-256 in hex). Earlier versions made them text with binary
+/// collations, which are PAD SPACE: `payments` and `payments ` were one
+/// scope.
+const MYSQL_IDENTIFIERS: Identifiers = Identifiers {
+    table: "idem_keys",
+    columns: &[
+        ("scope", "VARBINARY(512) NOT NULL"),
+        ("idem_key", "VARBINARY(255) NOT NULL"),
+        ("fingerprint", "VARBINARY(64) NOT NULL"),
+    ],
 };
 
 /// SQLite's clock in Unix seconds with millisecond precision; constant
@@ -152,6 +221,22 @@ WHERE (state = 'done' AND completed_at <= UTC_TIMESTAMP(6) - INTERVAL ? MICROSEC
 macro_rules! sqlite_now {
     () => {
         "((julianday('now') - 2440587.5) * 86400.0)"
+    };
+}
+
+/// A SQLite purge chunk: the keys of at most ?2 records where `$old` is
+/// at most now - ?1 µs, then those records, in one statement (SQLite
+/// builds usually lack `DELETE ... LIMIT`).
+macro_rules! sqlite_purge {
+    ($old:literal) => {
+        concat!(
+            keyed_chunk!(),
+            $old,
+            " <= ",
+            sqlite_now!(),
+            " - ?1 / 1000000.0
+    LIMIT ?2)"
+        )
     };
 }
 
@@ -206,13 +291,27 @@ WHERE scope = ?4 AND idem_key = ?5 AND token = ?6 AND state = 'running'"
     ),
     release: "\
 DELETE FROM idem_keys WHERE scope = ?1 AND idem_key = ?2 AND token = ?3 AND state = 'running'",
-    purge: concat!(
-        "DELETE FROM idem_keys
-WHERE (state = 'done' AND completed_at <= ",
-        sqlite_now!(),
-        " - ?1 / 1000000.0)
-   OR (state = 'running' AND lease_until <= ",
-        sqlite_now!(),
-        " - ?2 / 1000000.0)"
-    ),
+    purge_completed: sqlite_purge!("state = 'done' AND completed_at"),
+    purge_abandoned: sqlite_purge!("state = 'running' AND lease_until"),
+    identifiers: None,
 };
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `install`'s check and the `ALTER TABLE` it suggests name the types
+    /// the schema creates.
+    #[test]
+    fn the_mysql_identifier_columns_are_the_schemas() {
+        for (column, ty) in MYSQL_IDENTIFIERS.columns {
+            let ty = ty.split_once(' ').unwrap().0;
+            let line = MYSQL
+                .schema
+                .lines()
+                .find(|line| line.trim_start().starts_with(&format!("{column} ")))
+                .unwrap();
+            assert!(line.contains(&format!(" {ty} ")), "{line}");
+        }
+    }
+}

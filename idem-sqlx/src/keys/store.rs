@@ -14,7 +14,8 @@ use idem_core::keys::{
     Claim, Completion, Fingerprint, IdempotencyKey, KeyStore, Lease, Scope, StoredResponse,
 };
 
-use super::{KeyBackend, Once, SqlKeyStore};
+use super::{KeyBackend, Once, SqlKeyStore, Stale};
+use crate::purge::in_chunks;
 use crate::retry::{retry_transient, run_transaction, Failure};
 use crate::schema::install_scripts;
 use crate::{Backend, Error, ErrorKind, HandlerError};
@@ -154,6 +155,7 @@ macro_rules! sql_key_store {
 
             use super::sql::{for_dialect, KeySql};
             use crate::backend::db_error;
+            use crate::upgrade::MYSQL_NOT_VARBINARY;
             use crate::Backend;
 
             type Conn = <$db as Database>::Connection;
@@ -348,20 +350,41 @@ macro_rules! sql_key_store {
                     })
                 }
 
-                fn purge_on(
+                fn purge_chunk_on(
                     conn: &mut Conn,
+                    stale: Stale,
                     retention: Duration,
+                    limit: i64,
                 ) -> BoxFuture<'_, Result<u64, Error>> {
+                    let statement = match stale {
+                        Stale::Completed => SQL.purge_completed,
+                        Stale::Abandoned => SQL.purge_abandoned,
+                    };
                     let retention = micros(retention);
                     Box::pin(async move {
-                        let purged = sqlx::query(SQL.purge)
+                        let purged = sqlx::query(statement)
                             .bind(retention)
-                            .bind(retention)
+                            .bind(limit)
                             .execute(conn)
                             .await
                             .map_err(db_error::<$db>)?
                             .rows_affected();
                         Ok(purged)
+                    })
+                }
+
+                fn check_identifiers_on(conn: &mut Conn) -> BoxFuture<'_, Result<(), Error>> {
+                    Box::pin(async move {
+                        let Some(identifiers) = SQL.identifiers else {
+                            return Ok(());
+                        };
+                        let outdated: Vec<(String, String)> = sqlx::query_as(MYSQL_NOT_VARBINARY)
+                            .bind(identifiers.table)
+                            .bind(identifiers.names())
+                            .fetch_all(conn)
+                            .await
+                            .map_err(db_error::<$db>)?;
+                        identifiers.check(&outdated)
                     })
                 }
             }
@@ -411,12 +434,27 @@ impl<B: KeyBackend> KeyStore for SqlKeyStore<B> {
         .await
     }
 
+    /// Deletes completed records older than `retention` and running
+    /// records whose lease ended more than `retention` ago, by the
+    /// database's clock, in chunks of at most the store's purge chunk
+    /// ([`SqlKeyStore::with_purge_chunk`]), each its own statement on a
+    /// connection taken from the pool for it; returns how many it deleted.
+    /// Concurrent purges are safe: each record is deleted and counted by
+    /// one of them. A chunk that hits a transient conflict runs again (the
+    /// store's retry policy); on an error, the chunks before it stay
+    /// deleted.
     async fn purge(&self, retention: Duration) -> Result<u64, Error> {
-        retry_transient(&self.retry, || async {
-            let mut conn = self.pool.acquire().await.map_err(Error::Database)?;
-            B::purge_on(&mut conn, retention).await
-        })
-        .await
+        let mut purged = 0;
+        for stale in [Stale::Completed, Stale::Abandoned] {
+            purged += in_chunks(self.purge_chunk, |limit| {
+                retry_transient(&self.retry, move || async move {
+                    let mut conn = self.pool.acquire().await.map_err(Error::Database)?;
+                    B::purge_chunk_on(&mut conn, stale, retention, limit).await
+                })
+            })
+            .await?;
+        }
+        Ok(purged)
     }
 }
 
@@ -426,8 +464,24 @@ impl<B: KeyBackend> SqlKeyStore<B> {
     /// number of processes at once: on PostgreSQL the statements run in
     /// one transaction behind an advisory lock, so two installs never race
     /// on the catalog. [`crate::install`] installs the inbox's table too.
+    ///
+    /// On MySQL/MariaDB it then checks that the table's identifier columns
+    /// (`scope`, `idem_key`, `fingerprint`) are `VARBINARY`: a table an
+    /// earlier version of idem created keeps them as text, whose
+    /// collations ignore trailing spaces, and install fails with
+    /// [`Error::OutdatedSchema`] naming the `ALTER TABLE` to run (see
+    /// [the module docs](super#upgrading-from-text-identifier-columns-on-mysqlmariadb)).
     pub async fn install(&self) -> Result<(), Error> {
-        install_scripts(&self.pool, &[super::schema(B::DIALECT)]).await
+        install_scripts(&self.pool, &[super::schema(B::DIALECT)]).await?;
+        self.check_identifiers().await
+    }
+
+    /// Fails with [`Error::OutdatedSchema`] when the table's identifier
+    /// columns do not compare byte for byte (a MySQL/MariaDB table of an
+    /// earlier version); `Ok` on PostgreSQL and SQLite.
+    pub(crate) async fn check_identifiers(&self) -> Result<(), Error> {
+        let mut conn = self.pool.acquire().await.map_err(Error::Database)?;
+        B::check_identifiers_on(&mut conn).await
     }
 
     /// The transactional mode: in ONE transaction, claims

@@ -2,6 +2,11 @@
 //! differs between PostgreSQL, MySQL/MariaDB and SQLite (placeholders,
 //! auto-increment ids, column types, date formatting) is here and nowhere
 //! else; the repository that runs it is written once.
+//!
+//! The identifiers clients send (`invoices.client_id`, `request_key`)
+//! compare byte for byte on every backend, as idem's own do: `TEXT` on
+//! PostgreSQL (its collations are deterministic) and SQLite (`BINARY`),
+//! `VARBINARY` on MySQL/MariaDB.
 
 /// The statements of one backend.
 #[derive(Debug)]
@@ -72,12 +77,18 @@ pub const POSTGRES: Queries = Queries {
 };
 
 /// MySQL 8 and MariaDB 10.6+ (sqlx sets the session time zone to UTC).
+///
+/// The identifiers a client sends (its id, its request keys) are
+/// `VARBINARY`: compared byte for byte. In a text column the default
+/// collation would make `acme` and `ACME` one client (`_ci`), and even a
+/// binary collation ignores trailing spaces: a request of one client would
+/// find the invoice another created.
 pub const MYSQL: Queries = Queries {
     schema: &[
         "CREATE TABLE IF NOT EXISTS invoices (
             id BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY,
-            client_id VARCHAR(255) NOT NULL,
-            request_key VARCHAR(255) NOT NULL,
+            client_id VARBINARY(255) NOT NULL,
+            request_key VARBINARY(255) NOT NULL,
             customer VARCHAR(255) NOT NULL,
             amount_cents BIGINT NOT NULL CHECK (amount_cents > 0),
             currency CHAR(3) NOT NULL,

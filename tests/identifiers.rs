@@ -1,0 +1,160 @@
+//! Identifiers compare byte for byte beyond idem's key and inbox tables
+//! (tested in `keys.rs` and `inbox.rs`): a history table's `entity_key` on
+//! every backend, and what the key column of a state machine's own table
+//! must be on MySQL/MariaDB, a table idem does not create.
+
+mod common;
+mod transitions_support;
+
+use idem::prelude::*;
+use idem_sqlx::{history, Key};
+use sqlx::Pool;
+use transitions_support::{Account, Db};
+
+/// Keys that differ only in case, trailing spaces, or accents (precomposed,
+/// and a letter with a combining mark).
+const KEYS: [&str; 6] = [
+    "acme",
+    "ACME",
+    "acme ",
+    "acme  ",
+    "\u{e1}cme",
+    "a\u{301}cme",
+];
+
+/// The history table keeps each key's rows apart: `entity_key = 'acme'`
+/// finds `acme`'s two rows and no other key's. (On MySQL the history
+/// table's `entity_key` is `VARBINARY`; in a text column the default
+/// collation would count every key here as `acme`.) The state machine's
+/// own table needs a byte-comparing key column too, or the six rows could
+/// not exist side by side on MySQL.
+async fn history_rows_of_keys_differing_only_in_case_space_or_accents_stay_apart<DB: Db>(
+    pool: Pool<DB>,
+) where
+    String: Key<DB>,
+{
+    let (key, text) = if DB::BACKEND == "mysql" {
+        ("VARBINARY(64)", "VARCHAR(16)")
+    } else {
+        ("TEXT", "TEXT")
+    };
+    let table = format!("CREATE TABLE accounts (code {key} PRIMARY KEY, state {text} NOT NULL)");
+    DB::exec(&pool, &table).await;
+    assert!(history::install::<Account, DB>(&pool).await.unwrap());
+    for key in KEYS {
+        let insert = format!("INSERT INTO accounts (code, state) VALUES ('{key}', 'open')");
+        DB::exec(&pool, &insert).await;
+    }
+    use Account::*;
+    for key in KEYS {
+        let frozen = Account::freeze().apply(&pool, key.to_owned()).await;
+        let applied = Outcome::Applied {
+            from: Open,
+            to: Frozen,
+        };
+        assert_eq!(frozen.unwrap(), applied, "{key:?}");
+    }
+    let closed = Account::close().apply(&pool, "acme".to_owned()).await;
+    assert_eq!(
+        closed.unwrap(),
+        Outcome::Applied {
+            from: Frozen,
+            to: Closed
+        }
+    );
+    for key in KEYS {
+        let rows = format!("SELECT COUNT(*) FROM account_history WHERE entity_key = '{key}'");
+        let expected = if key == "acme" { 2 } else { 1 };
+        assert_eq!(DB::count(&pool, &rows).await, expected, "{key:?}");
+    }
+    let all = DB::count(&pool, "SELECT COUNT(*) FROM account_history").await;
+    assert_eq!(all, KEYS.len() as i64 + 1);
+}
+
+macro_rules! on_every_backend {
+    ($($case:ident),* $(,)?) => {
+        $(
+            mod $case {
+                #[tokio::test]
+                async fn sqlite() {
+                    if let Some(pool) = <sqlx::Sqlite as super::Db>::pool(2).await {
+                        super::$case(pool).await;
+                    }
+                }
+
+                #[tokio::test]
+                async fn postgres() {
+                    if let Some(pool) = <sqlx::Postgres as super::Db>::pool(2).await {
+                        super::$case(pool).await;
+                    }
+                }
+
+                #[tokio::test]
+                async fn mysql() {
+                    if let Some(pool) = <sqlx::MySql as super::Db>::pool(2).await {
+                        super::$case(pool).await;
+                    }
+                }
+            }
+        )*
+    };
+}
+
+on_every_backend!(history_rows_of_keys_differing_only_in_case_space_or_accents_stay_apart);
+
+/// The hazard the docs of `idem_sqlx` describe: idem cannot change the
+/// key column of your own table, and on MySQL a text key column compares
+/// with its collation. With the default (`_ci`), `apply` of `acme` moves
+/// the row of `ACME`; with `utf8mb4_bin` (PAD SPACE), `apply` of `acme `
+/// moves the row of `acme`. With `VARBINARY` each finds only its own row.
+#[tokio::test]
+async fn a_text_key_column_lets_a_transition_move_another_keys_row_on_mysql() {
+    let Some(pool) = common::mysql(2).await else {
+        return;
+    };
+    assert!(history::install::<Account, sqlx::MySql>(&pool)
+        .await
+        .unwrap());
+    let state = |code: &'static str| {
+        let pool = pool.clone();
+        async move {
+            let sql = format!("SELECT CAST(state AS CHAR) FROM accounts WHERE code = '{code}'");
+            <sqlx::MySql as Db>::text(&pool, &sql).await.unwrap()
+        }
+    };
+    let recreate = |column: &'static str, code: &'static str| {
+        let pool = pool.clone();
+        async move {
+            <sqlx::MySql as Db>::exec(&pool, "DROP TABLE IF EXISTS accounts").await;
+            let table = format!(
+                "CREATE TABLE accounts (code {column} PRIMARY KEY, state VARCHAR(16) NOT NULL) \
+                 DEFAULT CHARSET = utf8mb4"
+            );
+            <sqlx::MySql as Db>::exec(&pool, &table).await;
+            let insert = format!("INSERT INTO accounts (code, state) VALUES ('{code}', 'open')");
+            <sqlx::MySql as Db>::exec(&pool, &insert).await;
+        }
+    };
+    let frozen = Outcome::Applied {
+        from: Account::Open,
+        to: Account::Frozen,
+    };
+
+    recreate("VARCHAR(64) COLLATE utf8mb4_general_ci", "ACME").await;
+    let moved = Account::freeze().apply(&pool, "acme".to_owned()).await;
+    assert_eq!(moved.unwrap(), frozen, "`acme` moved the row of `ACME`");
+    assert_eq!(state("ACME").await, "frozen");
+
+    recreate("VARCHAR(64) COLLATE utf8mb4_bin", "acme").await;
+    let moved = Account::freeze().apply(&pool, "acme ".to_owned()).await;
+    assert_eq!(moved.unwrap(), frozen, "`acme ` moved the row of `acme`");
+
+    recreate("VARBINARY(64)", "ACME").await;
+    for other in ["acme", "ACME ", "\u{c1}CME"] {
+        let found = Account::freeze().apply(&pool, other.to_owned()).await;
+        assert_eq!(found.unwrap(), Outcome::NotFound, "{other:?}");
+    }
+    assert_eq!(state("ACME").await, "open");
+    let own = Account::freeze().apply(&pool, "ACME".to_owned()).await;
+    assert_eq!(own.unwrap(), frozen);
+}
