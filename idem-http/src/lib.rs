@@ -100,13 +100,17 @@
 //! client filling its share never locks the others out (see
 //! [`MemoryStore`](idem_core::keys::MemoryStore) for its numbers).
 
+mod body;
 mod error;
+mod fingerprint;
 pub mod future;
+mod headers;
 mod layer;
 mod scope;
 mod service;
 
 pub use error::Rejection;
-pub use layer::IdempotencyLayer;
+pub use headers::StoredHeaders;
+pub use layer::{IdempotencyLayer, DEFAULT_RESPONSE_LIMIT};
 pub use scope::scope_from_header;
 pub use service::{ClaimedKey, Idempotency, REPLAYED_HEADER};
