@@ -4,6 +4,7 @@ use bytes::Bytes;
 use http::header::{HeaderValue, CONTENT_TYPE, RETRY_AFTER};
 use http::{Response, StatusCode};
 use http_body_util::Full;
+use idem_core::keys::StoredResponse;
 
 /// The base of every problem type URI.
 macro_rules! docs {
@@ -125,6 +126,24 @@ pub enum Rejection {
          same idempotency key."
     )]
     ResponseFailed,
+
+    /// 410: the request with this key already ran, and its response was
+    /// not kept for replay — it was larger than the layer's response limit
+    /// ([`IdempotencyLayer::response_limit`](crate::IdempotencyLayer::response_limit)),
+    /// or the key store failed to store it. This answer is stored in its
+    /// place, so every retry of the key gets it and the work never runs
+    /// again; the client that sent the first request got the whole
+    /// response.
+    #[error(
+        "The request with this idempotency key already ran (it answered with status {status}), \
+         but its response was not kept, so it cannot be sent again: do not retry it with this \
+         key. Look up its result another way (e.g. the resource it created), or send a new \
+         request with a new key."
+    )]
+    ResponseNotKept {
+        /// The status the request answered with.
+        status: u16,
+    },
 }
 
 fn retry_after_secs(retry_after: Duration) -> u64 {
@@ -147,6 +166,7 @@ impl Rejection {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             Rejection::ResponseFailed => StatusCode::INTERNAL_SERVER_ERROR,
+            Rejection::ResponseNotKept { .. } => StatusCode::GONE,
         }
     }
 
@@ -175,6 +195,7 @@ impl Rejection {
             Rejection::TooManyKeys { .. } => "Too many idempotency keys",
             Rejection::StoreFull { .. } => "Idempotency store full",
             Rejection::ResponseFailed => "Response failed",
+            Rejection::ResponseNotKept { .. } => "Response not kept",
         }
     }
 
@@ -192,6 +213,7 @@ impl Rejection {
             Rejection::TooManyKeys { .. } => concat!(docs!(), "TooManyKeys"),
             Rejection::StoreFull { .. } => concat!(docs!(), "StoreFull"),
             Rejection::ResponseFailed => concat!(docs!(), "ResponseFailed"),
+            Rejection::ResponseNotKept { .. } => concat!(docs!(), "ResponseNotKept"),
         }
     }
 
@@ -199,13 +221,12 @@ impl Rejection {
     /// [`Rejection::InProgress`], [`Rejection::TooManyKeys`] and
     /// [`Rejection::StoreFull`].
     pub fn into_response(self) -> Response<Full<Bytes>> {
-        let body = serde_json::json!({
-            "type": self.type_uri(),
-            "title": self.title(),
-            "status": self.status().as_u16(),
-            "detail": self.to_string(),
-        });
-        let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
+        self.into_bytes_response().map(Full::new)
+    }
+
+    /// [`Rejection::into_response`] with the body as bytes.
+    pub(crate) fn into_bytes_response(self) -> Response<Bytes> {
+        let mut response = Response::new(Bytes::from(self.problem()));
         *response.status_mut() = self.status();
         let headers = response.headers_mut();
         headers.insert(
@@ -219,6 +240,27 @@ impl Rejection {
             );
         }
         response
+    }
+
+    /// The problem document (RFC 9457), with the original status as the
+    /// extension member `original_status` for [`Rejection::ResponseNotKept`].
+    fn problem(&self) -> String {
+        let mut body = serde_json::json!({
+            "type": self.type_uri(),
+            "title": self.title(),
+            "status": self.status().as_u16(),
+            "detail": self.to_string(),
+        });
+        if let Rejection::ResponseNotKept { status } = self {
+            body["original_status"] = (*status).into();
+        }
+        body.to_string()
+    }
+
+    /// The response stored in place of one that is not kept.
+    pub(crate) fn to_stored(&self) -> StoredResponse {
+        StoredResponse::new(self.status().as_u16(), self.problem())
+            .with_header(CONTENT_TYPE.as_str(), "application/problem+json")
     }
 }
 

@@ -5,17 +5,11 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
-use bytes::Bytes;
 use futures::future::BoxFuture;
 use http::Response;
-use http_body_util::{Either, Full};
 use pin_project_lite::pin_project;
 
-/// The body of the service's responses: stored, replayed and problem
-/// responses are `Left`, responses streamed from the inner service as they
-/// are (other methods, requests without an optional key, results that are
-/// not stored) are `Right`.
-pub type ResponseBody<B> = Either<Full<Bytes>, B>;
+pub use crate::body::ResponseBody;
 
 pin_project! {
     /// The response future of [`Idempotency`](crate::Idempotency).
@@ -62,7 +56,7 @@ where
         match self.project().kind.project() {
             KindProj::Passthrough { future } => {
                 let response = ready!(future.poll(cx))?;
-                Poll::Ready(Ok(response.map(Either::Right)))
+                Poll::Ready(Ok(response.map(ResponseBody::inner)))
             }
             KindProj::Idempotent { future } => future.as_mut().poll(cx),
         }

@@ -7,7 +7,10 @@ use http::{HeaderName, Method};
 use idem_core::keys::{KeyStore, ResponsePolicy, Scope, DEFAULT_LEASE};
 use tower_layer::Layer;
 
-use crate::Idempotency;
+use crate::{Idempotency, StoredHeaders};
+
+/// The default response limit: 1 MiB.
+pub const DEFAULT_RESPONSE_LIMIT: usize = 1024 * 1024;
 
 /// The scope function: who sent the request (and which operation it is),
 /// or `None` when the request carries no trusted identity (answered with
@@ -20,9 +23,13 @@ pub(crate) type ScopeFn = Arc<dyn Fn(&Parts) -> Option<Scope> + Send + Sync>;
 /// key runs and its response is stored, retries get that response back.
 ///
 /// Defaults: header `Idempotency-Key`, required on methods POST and PATCH,
-/// body limit 2 MiB, lease 60 s, [`ResponsePolicy::default`] (5xx, 408 and
-/// 429 are not stored and release the key). With
-/// [`require_key(false)`](Self::require_key) the key is optional.
+/// body limit 2 MiB, response limit 1 MiB, lease 60 s,
+/// [`ResponsePolicy::default`] (5xx and the 4xx that invite a retry, such
+/// as 401, 409 and 429, are not stored and release the key),
+/// [`StoredHeaders::default`] (no credentials or session state is stored),
+/// and the fingerprint covers method, path and query, media type, content
+/// coding and body. With [`require_key(false)`](Self::require_key) the key
+/// is optional.
 ///
 /// The scope function is required: it names the client (tenant, API key)
 /// of a request so that two clients never see each other's responses.
@@ -40,6 +47,9 @@ pub(crate) struct Config<K> {
     pub(crate) lease: Duration,
     pub(crate) policy: ResponsePolicy,
     pub(crate) require_key: bool,
+    pub(crate) response_limit: usize,
+    pub(crate) stored_headers: StoredHeaders,
+    pub(crate) fingerprint_headers: Vec<HeaderName>,
 }
 
 impl<K> Clone for Config<K> {
@@ -54,6 +64,9 @@ impl<K> Clone for Config<K> {
             lease: self.lease,
             policy: self.policy,
             require_key: self.require_key,
+            response_limit: self.response_limit,
+            stored_headers: self.stored_headers.clone(),
+            fingerprint_headers: self.fingerprint_headers.clone(),
         }
     }
 }
@@ -72,6 +85,7 @@ impl<K> fmt::Debug for IdempotencyLayer<K> {
             .field("header", &self.config.header)
             .field("methods", &self.config.methods)
             .field("body_limit", &self.config.body_limit)
+            .field("response_limit", &self.config.response_limit)
             .field("lease", &self.config.lease)
             .field("require_key", &self.config.require_key)
             .finish_non_exhaustive()
@@ -96,6 +110,9 @@ impl<K: KeyStore> IdempotencyLayer<K> {
                 lease: DEFAULT_LEASE,
                 policy: ResponsePolicy::default(),
                 require_key: true,
+                response_limit: DEFAULT_RESPONSE_LIMIT,
+                stored_headers: StoredHeaders::default(),
+                fingerprint_headers: Vec::new(),
             },
         }
     }
@@ -184,9 +201,70 @@ impl<K: KeyStore> IdempotencyLayer<K> {
     }
 
     /// Which response statuses are stored and replayed; the others release
-    /// the key so the client may retry.
+    /// the key so the client may retry (default [`ResponsePolicy::default`]).
     pub fn policy(mut self, policy: ResponsePolicy) -> Self {
         self.config.policy = policy;
+        self
+    }
+
+    /// The largest response stored for replay, in bytes: the body plus the
+    /// names and values of the stored headers (default 1 MiB,
+    /// [`DEFAULT_RESPONSE_LIMIT`]).
+    ///
+    /// The layer never holds more than this (plus the frame that crosses
+    /// it) of a response in memory:
+    ///
+    /// - A final response whose body has a known length within the limit
+    ///   is read, stored, then sent.
+    /// - A body of unknown length (a stream) is sent to the client as it
+    ///   is produced, while the layer keeps a copy; when it ends within the
+    ///   limit, the copy is stored before the client sees the end of the
+    ///   body (and, when the response declares a `Content-Length`, before
+    ///   its last bytes), so a client that got the whole body and retries
+    ///   gets the replay.
+    /// - A response larger than the limit (known at once, or when a stream
+    ///   crosses it) is sent to the client whole, copy dropped, and the key
+    ///   is completed at once with [`Rejection::ResponseNotKept`](crate::Rejection::ResponseNotKept)
+    ///   (410, the original status in `original_status`) instead: every
+    ///   retry of the key gets that answer and the work never runs again.
+    ///   An endless stream (server-sent events) reaches this too, so its
+    ///   key never stays in progress.
+    ///
+    /// The same 410 is stored when the key store fails to store a response
+    /// (a database that refuses a value that large), rather than leaving
+    /// the key claimed until its lease expires and the retry runs the work
+    /// again.
+    ///
+    /// Choose a limit every store can hold: PostgreSQL `bytea` and SQLite
+    /// blobs take 1 GB, MySQL/MariaDB `LONGBLOB` 4 GiB but a statement at
+    /// most `max_allowed_packet` (16 MiB by default on MariaDB, 64 MiB on
+    /// MySQL 8). A [`MemoryStore`](idem_core::keys::MemoryStore) holds up
+    /// to its capacity times this limit.
+    pub fn response_limit(mut self, bytes: usize) -> Self {
+        self.config.response_limit = bytes;
+        self
+    }
+
+    /// Which response headers are stored and replayed (default
+    /// [`StoredHeaders::default`]: every header but framing headers and
+    /// those that carry credentials or session state, such as
+    /// `Set-Cookie` and `WWW-Authenticate`).
+    pub fn stored_headers(mut self, headers: StoredHeaders) -> Self {
+        self.config.stored_headers = headers;
+        self
+    }
+
+    /// More request headers whose values are part of the fingerprint
+    /// (the media type and the content coding always are), for headers
+    /// your handlers read that change what the request does — a
+    /// `Prefer` header, an API version header. The same key with another
+    /// value is 422; a request without the header differs from one with
+    /// it, even empty.
+    ///
+    /// Adding a header changes the fingerprint of every request that
+    /// carries it, so a retry of a key stored before the change gets 422.
+    pub fn fingerprint_headers(mut self, names: impl IntoIterator<Item = HeaderName>) -> Self {
+        self.config.fingerprint_headers = names.into_iter().collect();
         self
     }
 }

@@ -5,8 +5,9 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
+use futures::future::BoxFuture;
 use futures::FutureExt;
-use http::header::{HeaderName, HeaderValue, CONTENT_LENGTH, CONTENT_TYPE};
+use http::header::{HeaderName, HeaderValue, CONTENT_LENGTH};
 use http::request::Parts;
 use http::{HeaderMap, Request, Response, StatusCode};
 use http_body::Body;
@@ -17,29 +18,14 @@ use idem_core::keys::{
 use tower_service::Service;
 use tracing::Instrument;
 
+use crate::body::{self, BoxError, End, Feed};
+use crate::fingerprint::fingerprint;
 use crate::future::{ResponseBody, ResponseFuture};
 use crate::layer::Config;
 use crate::Rejection;
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
 /// The header added to replayed responses.
 pub const REPLAYED_HEADER: &str = "idempotent-replayed";
-
-/// Response headers not stored for replay: hop-by-hop headers, and those
-/// the server sets anew for every response.
-const NOT_STORED: [&str; 10] = [
-    "connection",
-    "content-length",
-    "date",
-    "keep-alive",
-    "proxy-authenticate",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-];
 
 /// Added to the extensions of a request the layer lets through to the
 /// inner service with a claimed key, so a handler can pass the key on
@@ -144,7 +130,7 @@ where
         Err(rejection) => return Ok(reject(rejection)),
     };
     let request = Admitted {
-        fingerprint: fingerprint(&parts, &body),
+        fingerprint: fingerprint(&parts, &body, &config.fingerprint_headers),
         parts,
         body,
         scope,
@@ -166,25 +152,71 @@ struct Admitted {
     fingerprint: Fingerprint,
 }
 
-/// Runs `work` on the current tokio runtime and waits for it: dropping the
-/// returned future does not stop `work`. Outside a tokio runtime it runs
-/// in place, and a dropped future drops it (the layer's docs say so).
+/// The reading of a relayed body to its stored record (see [`pump`]).
+type Pump = BoxFuture<'static, ()>;
+
+/// What a claimed request produced: the response for the client and,
+/// when its body is relayed, the work that reads it and stores it.
+struct Ran<T, E> {
+    response: Result<Response<ResponseBody<T>>, E>,
+    pump: Option<Pump>,
+}
+
+impl<T, E> Ran<T, E> {
+    fn done(response: Result<Response<ResponseBody<T>>, E>) -> Self {
+        Ran {
+            response,
+            pump: None,
+        }
+    }
+}
+
+/// Runs `work` on the current tokio runtime and waits for its response;
+/// the task then goes on reading a relayed body to its stored record.
+/// Dropping the returned future stops neither. Outside a tokio runtime it
+/// runs in place, the relayed body drives the rest itself, and a dropped
+/// future or body drops the work (the layer's docs say so).
 async fn detached<F, T, E>(work: F) -> Result<Response<ResponseBody<T>>, E>
 where
-    F: Future<Output = Result<Response<ResponseBody<T>>, E>> + Send + 'static,
+    F: Future<Output = Ran<T, E>> + Send + 'static,
     T: Send + 'static,
     E: Send + 'static,
 {
-    let work = work.instrument(tracing::Span::current());
+    let span = tracing::Span::current();
+    let work = work.instrument(span.clone());
     let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-        return work.await;
+        let Ran { response, pump } = work.await;
+        return response.map(|mut response| {
+            if let Some(pump) = pump {
+                response.body_mut().drive(pump);
+            }
+            response
+        });
     };
-    match runtime.spawn(work).await {
+    let (head, response) = tokio::sync::oneshot::channel();
+    let task = runtime.spawn(
+        async move {
+            let Ran { response, pump } = work.await;
+            // The client may be gone: the pump then stores the response
+            // without relaying it.
+            let _ = head.send(response);
+            if let Some(pump) = pump {
+                pump.await;
+            }
+        }
+        .instrument(span),
+    );
+    match response.await {
         Ok(response) => response,
-        Err(error) => {
-            // The runtime is shutting down (panics are caught inside): the
-            // key stays claimed until its lease expires.
-            tracing::error!(%error, "the task running an idempotent request was cancelled");
+        Err(_) => {
+            // The task ended without a response: the runtime is shutting
+            // down (panics are caught inside). The key stays claimed until
+            // its lease expires.
+            let error = task.await.err();
+            tracing::error!(
+                ?error,
+                "the task running an idempotent request was cancelled"
+            );
             Ok(reject(Rejection::ResponseFailed))
         }
     }
@@ -197,11 +229,11 @@ async fn claim_and_run<S, K, ReqBody, ResBody>(
     config: Arc<Config<K>>,
     inner: S,
     request: Admitted,
-) -> Result<Response<ResponseBody<ResBody>>, S::Error>
+) -> Ran<ResBody, S::Error>
 where
     S: Service<Request<Either<Full<Bytes>, ReqBody>>, Response = Response<ResBody>>,
-    K: KeyStore,
-    ResBody: Body<Data = Bytes>,
+    K: KeyStore + 'static,
+    ResBody: Body<Data = Bytes> + Send + 'static,
     ResBody::Error: Into<BoxError>,
 {
     let Admitted {
@@ -221,12 +253,12 @@ where
             tracing::warn!(%scope, %key, "taking over an idempotency key whose lease expired: the earlier run's outcome is uncertain");
             (lease, true)
         }
-        Ok(Claim::Replay(stored)) => return Ok(replay(stored)),
+        Ok(Claim::Replay(stored)) => return Ran::done(Ok(replay(stored))),
         Ok(Claim::InProgress { retry_after }) => {
-            return Ok(reject(Rejection::InProgress { retry_after }))
+            return Ran::done(Ok(reject(Rejection::InProgress { retry_after })))
         }
-        Ok(Claim::KeyReused) => return Ok(reject(Rejection::KeyReused)),
-        Err(error) => return Ok(reject(store_failed(&error))),
+        Ok(Claim::KeyReused) => return Ran::done(Ok(reject(Rejection::KeyReused))),
+        Err(error) => return Ran::done(Ok(reject(store_failed(&error)))),
     };
     parts.extensions.insert(ClaimedKey {
         scope,
@@ -236,7 +268,7 @@ where
     let request = Request::from_parts(parts, Either::Left(Full::new(body)));
     let run = AssertUnwindSafe(run(&config, inner, request, &lease));
     match run.catch_unwind().await {
-        Ok(response) => response,
+        Ok(ran) => ran,
         Err(panic) => {
             let message = panic
                 .downcast_ref::<&str>()
@@ -249,48 +281,212 @@ where
                 "the handler panicked: releasing the idempotency key, nothing is stored"
             );
             release(&config, &lease).await;
-            Ok(reject(Rejection::ResponseFailed))
+            Ran::done(Ok(reject(Rejection::ResponseFailed)))
         }
     }
 }
 
 /// Calls the inner service with the claimed key and stores its response
-/// (or releases the key when the policy says it is not final).
+/// (or releases the key when the policy says it is not final): in memory
+/// when its length is known and within the limit, relayed through
+/// [`pump`] when it is a stream, and replaced by
+/// [`Rejection::ResponseNotKept`] when it is larger than the limit.
 async fn run<S, K, ReqBody, ResBody>(
-    config: &Config<K>,
+    config: &Arc<Config<K>>,
     mut inner: S,
     request: Request<Either<Full<Bytes>, ReqBody>>,
     lease: &Lease,
-) -> Result<Response<ResponseBody<ResBody>>, S::Error>
+) -> Ran<ResBody, S::Error>
 where
     S: Service<Request<Either<Full<Bytes>, ReqBody>>, Response = Response<ResBody>>,
-    K: KeyStore,
-    ResBody: Body<Data = Bytes>,
+    K: KeyStore + 'static,
+    ResBody: Body<Data = Bytes> + Send + 'static,
     ResBody::Error: Into<BoxError>,
 {
     let response = match inner.call(request).await {
         Ok(response) => response,
         Err(error) => {
             release(config, lease).await;
-            return Err(error);
+            return Ran::done(Err(error));
         }
     };
     if !config.policy.is_final(response.status().as_u16()) {
         release(config, lease).await;
-        return Ok(response.map(Either::Right));
+        return Ran::done(Ok(response.map(ResponseBody::inner)));
     }
     let (parts, body) = response.into_parts();
-    let collected: Result<_, BoxError> = body.collect().await.map_err(Into::into);
-    let body = match collected {
-        Ok(collected) => collected.to_bytes(),
-        Err(error) => {
-            tracing::error!(%error, "the response body failed: releasing the idempotency key");
-            release(config, lease).await;
-            return Ok(reject(Rejection::ResponseFailed));
+    let head = stored_head(parts.status, &parts.headers, config);
+    let room = config.response_limit.checked_sub(head_size(&head));
+    let hint = body.size_hint();
+    match (room, hint.exact()) {
+        (Some(room), Some(len)) if len <= room as u64 => {
+            let bytes = match read_known_length(body, room).await {
+                Ok(bytes) => bytes,
+                Err(error) => {
+                    tracing::error!(%error, "the response body failed: releasing the idempotency key");
+                    release(config, lease).await;
+                    return Ran::done(Ok(reject(Rejection::ResponseFailed)));
+                }
+            };
+            let mut stored = head;
+            stored.body = bytes.to_vec();
+            complete(config, lease, stored).await;
+            Ran::done(Ok(Response::from_parts(parts, ResponseBody::full(bytes))))
         }
-    };
-    complete(config, lease, stored(parts.status, &parts.headers, &body)).await;
-    Ok(Response::from_parts(parts, Either::Left(Full::new(body))))
+        (Some(room), None) => {
+            let (relay, feed) = body::relay(hint);
+            let pump = pump(
+                Arc::clone(config),
+                lease.clone(),
+                Kept::new(head, room, declared_length(&parts.headers)),
+                body,
+                feed,
+            );
+            Ran {
+                response: Ok(Response::from_parts(parts, ResponseBody::relay(relay))),
+                pump: Some(Box::pin(pump)),
+            }
+        }
+        _ => {
+            not_kept(config, lease, parts.status.as_u16()).await;
+            Ran::done(Ok(Response::from_parts(parts, ResponseBody::inner(body))))
+        }
+    }
+}
+
+/// Reads a body whose size hint is exact, at most `room` bytes (a body
+/// longer than its own hint fails).
+async fn read_known_length<B>(body: B, room: usize) -> Result<Bytes, BoxError>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    let collected = Limited::new(body, room).collect().await?;
+    Ok(collected.to_bytes())
+}
+
+/// The copy of a relayed response the layer keeps to store it, within the
+/// response limit.
+struct Kept {
+    stored: StoredResponse,
+    chunks: Vec<Bytes>,
+    /// Body bytes still allowed under the limit.
+    room: usize,
+    /// The response's `Content-Length`, if it declares one.
+    declared: Option<u64>,
+    read: u64,
+}
+
+impl Kept {
+    fn new(stored: StoredResponse, room: usize, declared: Option<u64>) -> Self {
+        Kept {
+            stored,
+            chunks: Vec::new(),
+            room,
+            declared,
+            read: 0,
+        }
+    }
+
+    /// Keeps a chunk; false when it does not fit under the limit.
+    fn keep(&mut self, data: &Bytes) -> bool {
+        self.read += data.len() as u64;
+        if data.len() > self.room {
+            return false;
+        }
+        self.room -= data.len();
+        self.chunks.push(data.clone());
+        true
+    }
+
+    /// Whether the body has reached the length it declared: its last bytes
+    /// wait until the record is stored.
+    fn at_declared_end(&self) -> bool {
+        self.declared == Some(self.read)
+    }
+
+    fn into_stored(self) -> StoredResponse {
+        let mut stored = self.stored;
+        stored.body = self.chunks.concat();
+        stored
+    }
+}
+
+/// Reads a relayed body to its end and stores it, handing each frame to
+/// the client as it comes (trailers are relayed, not stored). It does not
+/// wait for the client: what it has not read yet is what the layer keeps
+/// anyway. When the body crosses the limit, the key is completed at once
+/// with [`Rejection::ResponseNotKept`] and the client reads the rest of
+/// the body itself (nothing is read once it hung up). A body that fails
+/// or panics before that releases the key and ends the client's body with
+/// an error.
+async fn pump<K, B>(config: Arc<Config<K>>, lease: Lease, mut kept: Kept, body: B, feed: Feed<B>)
+where
+    K: KeyStore,
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    let mut body = Box::pin(body);
+    let mut held = None;
+    loop {
+        // The body's own error type need not be `Send`: it becomes a
+        // `BoxError` inside the poll.
+        let next = body
+            .frame()
+            .map(|frame| frame.map(|f| f.map_err(Into::into)));
+        let next: Result<Option<Result<_, BoxError>>, _> =
+            AssertUnwindSafe(next).catch_unwind().await;
+        let frame = match next {
+            Ok(None) => break,
+            Ok(Some(Ok(frame))) => frame,
+            Ok(Some(Err(error))) => {
+                tracing::error!(%error, "the response body failed: releasing the idempotency key");
+                release(&config, &lease).await;
+                return feed.end(End::Failed);
+            }
+            Err(_) => {
+                tracing::error!(
+                    key = %lease.key(),
+                    "the response body panicked: releasing the idempotency key, nothing is stored"
+                );
+                release(&config, &lease).await;
+                return feed.end(End::Failed);
+            }
+        };
+        if let Some(earlier) = held.take() {
+            feed.push(earlier);
+        }
+        if let Some(data) = frame.data_ref() {
+            if !kept.keep(data) {
+                not_kept(&config, &lease, kept.stored.status).await;
+                feed.push(frame);
+                let rest = if feed.client_gone() {
+                    End::Done
+                } else {
+                    End::Rest(body)
+                };
+                return feed.end(rest);
+            }
+        }
+        if kept.at_declared_end() {
+            held = Some(frame);
+        } else {
+            feed.push(frame);
+        }
+    }
+    complete(&config, &lease, kept.into_stored()).await;
+    if let Some(last) = held {
+        feed.push(last);
+    }
+    feed.end(End::Done);
+}
+
+/// The `Content-Length` a response declares.
+fn declared_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
 }
 
 /// Checks the key, the scope and the body size, and reads the body.
@@ -353,41 +549,29 @@ fn key<K>(config: &Config<K>, headers: &HeaderMap) -> Result<IdempotencyKey, Rej
     })
 }
 
-/// Method, path with query, and body; a JSON body in canonical form (see
-/// [`Fingerprint`]), taken from its bytes so that no number or duplicate
-/// key is merged by a parser on the way.
-fn fingerprint(parts: &Parts, body: &[u8]) -> Fingerprint {
-    let method = parts.method.as_str();
-    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    let is_json = parts
-        .headers
-        .get(CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .map(|mime| {
-            let mime = mime.trim().to_ascii_lowercase();
-            mime == "application/json" || mime.ends_with("+json")
-        })
-        .unwrap_or(false);
-    if is_json {
-        Fingerprint::of_json_body(method, path, body)
-    } else {
-        Fingerprint::of_request(method, path, body)
-    }
-}
-
-fn stored(status: StatusCode, headers: &HeaderMap, body: &Bytes) -> StoredResponse {
-    let mut stored = StoredResponse::new(status.as_u16(), body.to_vec());
+/// The stored response without its body: the status and the headers
+/// [`StoredHeaders`](crate::StoredHeaders) lets through.
+fn stored_head<K>(status: StatusCode, headers: &HeaderMap, config: &Config<K>) -> StoredResponse {
+    let mut stored = StoredResponse::new(status.as_u16(), Vec::new());
     stored.headers = headers
         .iter()
-        .filter(|(name, _)| !NOT_STORED.contains(&name.as_str()))
+        .filter(|(name, _)| config.stored_headers.stores(name))
         .map(|(name, value)| (name.as_str().to_owned(), value.as_bytes().to_vec()))
         .collect();
     stored
 }
 
+/// The bytes the stored headers take: names and values.
+fn head_size(stored: &StoredResponse) -> usize {
+    stored
+        .headers
+        .iter()
+        .map(|(name, value)| name.len() + value.len())
+        .sum()
+}
+
 fn replay<B>(stored: StoredResponse) -> Response<ResponseBody<B>> {
-    let mut response = Response::new(Either::Left(Full::new(Bytes::from(stored.body))));
+    let mut response = Response::new(ResponseBody::full(Bytes::from(stored.body)));
     *response.status_mut() =
         StatusCode::from_u16(stored.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let headers = response.headers_mut();
@@ -404,7 +588,7 @@ fn replay<B>(stored: StoredResponse) -> Response<ResponseBody<B>> {
 }
 
 fn reject<B>(rejection: Rejection) -> Response<ResponseBody<B>> {
-    rejection.into_response().map(Either::Left)
+    rejection.into_bytes_response().map(ResponseBody::full)
 }
 
 async fn release<K: KeyStore>(config: &Config<K>, lease: &Lease) {
@@ -415,19 +599,47 @@ async fn release<K: KeyStore>(config: &Config<K>, lease: &Lease) {
     }
 }
 
+/// Stores the final response. When the store fails to (a value too large
+/// for it, a failing connection), stores [`Rejection::ResponseNotKept`]
+/// in its place, so the retry after the lease gets a final answer instead
+/// of running the work again.
 async fn complete<K: KeyStore>(config: &Config<K>, lease: &Lease, response: StoredResponse) {
+    let status = response.status;
     match config.store.complete(lease, &response).await {
-        Ok(Completion::Stored) => {}
-        Ok(Completion::LeaseLost) => tracing::warn!(
-            key = %lease.key(),
-            "the idempotency key's lease expired and another request took it over before this \
-             one completed: the operation may have run twice (outcome uncertain); choose a longer lease"
-        ),
+        Ok(completion) => completed(lease, completion),
+        Err(error) => {
+            tracing::error!(
+                %error,
+                key = %lease.key(),
+                size = response.body.len(),
+                "idempotency key store failed to store a response: storing that it was not kept"
+            );
+            not_kept(config, lease, status).await;
+        }
+    }
+}
+
+/// Completes the key with [`Rejection::ResponseNotKept`]: its response is
+/// too large to keep, or could not be stored.
+async fn not_kept<K: KeyStore>(config: &Config<K>, lease: &Lease, status: u16) {
+    let answer = Rejection::ResponseNotKept { status }.to_stored();
+    match config.store.complete(lease, &answer).await {
+        Ok(completion) => completed(lease, completion),
         Err(error) => tracing::error!(
             %error,
             key = %lease.key(),
             "idempotency key store failed to store a response: a retry after the lease expires will run again"
         ),
+    }
+}
+
+fn completed(lease: &Lease, completion: Completion) {
+    if completion == Completion::LeaseLost {
+        tracing::warn!(
+            key = %lease.key(),
+            "the idempotency key's lease expired and another request took it over before this \
+             one completed: the operation may have run twice (outcome uncertain); choose a longer lease"
+        );
     }
 }
 

@@ -10,12 +10,13 @@ use axum::extract::State;
 use axum::http::{HeaderMap, Request, Response, StatusCode};
 use axum::routing::post;
 use axum::{Extension, Router};
-use http_body_util::BodyExt;
 use idem_core::keys::{Claim, Fingerprint, KeyStore, MemoryStore, ResponsePolicy, Scope};
 use idem_http::{ClaimedKey, IdempotencyLayer};
-use serde_json::Value;
 use tokio::sync::{Barrier, Notify};
 use tower::ServiceExt;
+
+mod common;
+use common::{client_scope, expect_problem, send};
 
 #[derive(Clone, Default)]
 struct AppState {
@@ -64,11 +65,6 @@ async fn claimed(
     )
 }
 
-fn client_scope(parts: &axum::http::request::Parts) -> Option<Scope> {
-    let client = parts.headers.get("x-client-id")?.to_str().ok()?;
-    Scope::new(client, "api").ok()
-}
-
 fn app_with<K: KeyStore + 'static>(layer: IdempotencyLayer<K>, state: AppState) -> Router {
     Router::new()
         .route("/payments", post(pay).get(|| async { "listing" }))
@@ -96,32 +92,6 @@ fn post_json(path: &str, key: &str, body: &str) -> Request<Body> {
         .header("content-type", "application/json")
         .body(Body::from(body.to_owned()))
         .unwrap()
-}
-
-async fn send(app: &Router, request: Request<Body>) -> (StatusCode, HeaderMap, Bytes) {
-    let response = app.clone().oneshot(request).await.unwrap();
-    let (parts, body) = response.into_parts();
-    (
-        parts.status,
-        parts.headers,
-        body.collect().await.unwrap().to_bytes(),
-    )
-}
-
-/// Asserts an `application/problem+json` answer and returns its body.
-fn expect_problem(
-    status: StatusCode,
-    headers: &HeaderMap,
-    body: &Bytes,
-    expected: StatusCode,
-) -> Value {
-    assert_eq!(status, expected, "{body:?}");
-    assert_eq!(headers["content-type"], "application/problem+json");
-    let problem: Value = serde_json::from_slice(body).unwrap();
-    assert_eq!(problem["status"], expected.as_u16());
-    assert!(!problem["title"].as_str().unwrap().is_empty());
-    assert!(problem["type"].as_str().unwrap().starts_with("https://"));
-    problem
 }
 
 #[tokio::test]

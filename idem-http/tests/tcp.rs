@@ -16,6 +16,8 @@ use idem_http::IdempotencyLayer;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+mod common;
+
 #[derive(Clone, Default)]
 struct Charges(Arc<AtomicUsize>);
 
@@ -43,6 +45,11 @@ async fn serve(charges: Charges) -> SocketAddr {
         .route("/panics", post(panics_once))
         .layer(layer)
         .with_state(charges);
+    listen(app).await
+}
+
+/// Serves `app` on a loopback port; returns its address.
+async fn listen(app: Router) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
@@ -149,4 +156,71 @@ async fn a_handler_that_panics_releases_the_key_and_answers_500() {
     let replay = exchange(addr, "/panics", "k-panic").await;
     assert_eq!(replay.header("idempotent-replayed"), Some("true"));
     assert_eq!(charges.0.load(Ordering::SeqCst), 2);
+}
+
+/// Serves, over a key store that takes 300 ms to store a response,
+/// `/declared`: a stream that declares its `Content-Length`; and `/sized`:
+/// a body with a `Content-Length` the handler set.
+async fn serve_sized(charges: Charges) -> SocketAddr {
+    let store = common::Store {
+        delay: Duration::from_millis(300),
+        ..common::Store::default()
+    };
+    let layer = IdempotencyLayer::new(store, |_| Scope::new("acme", "api").ok());
+    let declared = |State(charges): State<Charges>| async move {
+        charges.0.fetch_add(1, Ordering::SeqCst);
+        let chunks = futures::stream::iter(["hello ", "world"].map(Ok::<_, std::io::Error>));
+        axum::http::Response::builder()
+            .header("content-length", "11")
+            .body(axum::body::Body::from_stream(chunks))
+            .unwrap()
+    };
+    let sized = |State(charges): State<Charges>| async move {
+        charges.0.fetch_add(1, Ordering::SeqCst);
+        ([("content-length", "5")], "hello")
+    };
+    let app = Router::new()
+        .route("/declared", post(declared))
+        .route("/sized", post(sized))
+        .layer(layer)
+        .with_state(charges);
+    listen(app).await
+}
+
+/// A stream that declares its length: the layer holds its last bytes until
+/// the response is stored, so a client that has the whole body and retries
+/// at once gets the replay, never a 409 for a request that looked done.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_with_a_declared_length_is_stored_before_its_last_bytes_are_sent() {
+    let charges = Charges::default();
+    let addr = serve_sized(charges.clone()).await;
+    let first = exchange(addr, "/declared", "k-len").await;
+    assert_eq!((first.status, first.body.as_str()), (200, "hello world"));
+    let retry = exchange(addr, "/declared", "k-len").await;
+    assert_eq!(retry.status, 200, "{}", retry.head);
+    assert_eq!(retry.header("idempotent-replayed"), Some("true"));
+    assert_eq!(retry.body, "hello world");
+    assert_eq!(charges.0.load(Ordering::SeqCst), 1);
+}
+
+/// IdempotentAPI#21 and hono-idempotency#117: a replay carried the stored
+/// `Content-Length` of another body. Framing headers are never stored: the
+/// replay's length is its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_declares_the_length_of_the_body_it_sends() {
+    let charges = Charges::default();
+    let addr = serve_sized(charges.clone()).await;
+    let first = exchange(addr, "/sized", "k-sized").await;
+    assert_eq!(first.header("content-length"), Some("5"));
+    let replay = exchange(addr, "/sized", "k-sized").await;
+    assert_eq!(replay.header("idempotent-replayed"), Some("true"));
+    assert_eq!(replay.header("content-length"), Some("5"));
+    assert_eq!(
+        replay.head.matches("content-length").count(),
+        1,
+        "{}",
+        replay.head
+    );
+    assert_eq!(replay.body, "hello");
+    assert_eq!(charges.0.load(Ordering::SeqCst), 1);
 }

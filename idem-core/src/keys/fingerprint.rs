@@ -86,10 +86,9 @@ impl Fingerprint {
 
     /// The fingerprint of a request: its method (case-insensitive), its
     /// path with the query string, and its body bytes exactly as they are.
+    /// The same as `Fingerprint::request(method, path_and_query).raw_body(body)`.
     pub fn of_request(method: &str, path_and_query: &str, body: &[u8]) -> Self {
-        let mut hasher = request_hasher(method, path_and_query);
-        field(&mut hasher, b"raw", body);
-        Fingerprint(hasher.finalize().into())
+        Fingerprint::request(method, path_and_query).raw_body(body)
     }
 
     /// The fingerprint of a request whose body is a JSON text, in
@@ -97,11 +96,43 @@ impl Fingerprint {
     /// reordered members and whitespace match, anything a parser could read
     /// differently does not. A body with no canonical form is hashed by its
     /// exact bytes (never matching [`Fingerprint::of_request`] of the same
-    /// bytes). This is what `idem_http`'s layer uses for JSON bodies.
+    /// bytes). The same as
+    /// `Fingerprint::request(method, path_and_query).json_body(body)`.
     pub fn of_json_body(method: &str, path_and_query: &str, body: &[u8]) -> Self {
-        let mut hasher = request_hasher(method, path_and_query);
-        json_text_field(&mut hasher, body);
-        Fingerprint(hasher.finalize().into())
+        Fingerprint::request(method, path_and_query).json_body(body)
+    }
+
+    /// Starts the fingerprint of a request with its method
+    /// (case-insensitive) and its path with the query string; add the
+    /// request headers that change what the request means
+    /// ([`RequestFingerprint::header`]), then finish with the body. This is
+    /// what `idem_http`'s layer uses: it adds the media type and the
+    /// content coding of the body.
+    ///
+    /// A request with no header added has the fingerprint
+    /// [`Fingerprint::of_request`] (or [`Fingerprint::of_json_body`]) gives
+    /// it, so fingerprints stored before headers were added stay valid for
+    /// such requests.
+    ///
+    /// ```
+    /// use idem_core::keys::Fingerprint;
+    ///
+    /// let json = Fingerprint::request("POST", "/payments")
+    ///     .header("content-type", b"application/vnd.api+json")
+    ///     .json_body(br#"{"amount": 1}"#);
+    /// let form = Fingerprint::request("POST", "/payments")
+    ///     .header("content-type", b"application/x-www-form-urlencoded")
+    ///     .raw_body(br#"{"amount": 1}"#);
+    /// assert_ne!(json, form);
+    /// assert_eq!(
+    ///     Fingerprint::request("POST", "/payments").json_body(b"{}"),
+    ///     Fingerprint::of_json_body("POST", "/payments", b"{}"),
+    /// );
+    /// ```
+    pub fn request(method: &str, path_and_query: &str) -> RequestFingerprint {
+        RequestFingerprint {
+            hasher: request_hasher(method, path_and_query),
+        }
     }
 
     /// The fingerprint of a request whose body is a value built in code:
@@ -153,6 +184,53 @@ impl Fingerprint {
         let mut bytes = [0u8; 32];
         hex::decode_to_slice(hex, &mut bytes).ok()?;
         Some(Fingerprint(bytes))
+    }
+}
+
+/// A request fingerprint being built: method and path, then the headers
+/// that change what the request means, then the body, which finishes it.
+/// Made by [`Fingerprint::request`].
+///
+/// Each header is a field of its own (name, then value, each
+/// length-prefixed), so no header value can be mistaken for another
+/// header, the path or the body; headers are hashed in the order they are
+/// added, and a name added twice is two fields.
+#[derive(Clone)]
+pub struct RequestFingerprint {
+    hasher: Sha256,
+}
+
+impl RequestFingerprint {
+    /// Adds a header's name (taken in lower case) and its value, as the
+    /// caller normalised it (a media type in canonical form, say).
+    pub fn header(mut self, name: &str, value: &[u8]) -> Self {
+        field(
+            &mut self.hasher,
+            b"header",
+            name.to_ascii_lowercase().as_bytes(),
+        );
+        field(&mut self.hasher, b"value", value);
+        self
+    }
+
+    /// Finishes with a body hashed by its exact bytes.
+    pub fn raw_body(mut self, body: &[u8]) -> Fingerprint {
+        field(&mut self.hasher, b"raw", body);
+        Fingerprint(self.hasher.finalize().into())
+    }
+
+    /// Finishes with a JSON body in canonical form (see
+    /// [the rule](Fingerprint#the-canonical-form-of-json)), or its exact
+    /// bytes in a domain of their own when it has none.
+    pub fn json_body(mut self, body: &[u8]) -> Fingerprint {
+        json_text_field(&mut self.hasher, body);
+        Fingerprint(self.hasher.finalize().into())
+    }
+}
+
+impl fmt::Debug for RequestFingerprint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RequestFingerprint").finish_non_exhaustive()
     }
 }
 
@@ -404,6 +482,55 @@ mod tests {
             body(&deep),
             body(&format!("{}2{}", "[".repeat(100_000), "]".repeat(100_000)))
         );
+    }
+
+    /// Hex digests of `of_request` and `of_json_body` before headers could
+    /// be added: the layer's stored fingerprints of requests without a
+    /// media type (or with `application/json`) stay valid.
+    #[test]
+    fn request_fingerprints_without_headers_are_unchanged() {
+        assert_eq!(
+            Fingerprint::of_request("POST", "/p", b"x").to_hex(),
+            legacy(&[(b"raw", b"x")])
+        );
+        assert_eq!(
+            Fingerprint::of_json_body("POST", "/p", br#"{"b":1, "a":2}"#).to_hex(),
+            legacy(&[(b"json", br#"{"a":2,"b":1}"#)])
+        );
+    }
+
+    fn legacy(body: &[(&[u8], &[u8])]) -> String {
+        let mut hasher = Sha256::new();
+        field(&mut hasher, b"method", b"POST");
+        field(&mut hasher, b"path", b"/p");
+        for (name, bytes) in body {
+            field(&mut hasher, name, bytes);
+        }
+        hex::encode(hasher.finalize())
+    }
+
+    #[test]
+    fn headers_are_fields_of_their_own() {
+        let base = || Fingerprint::request("POST", "/p");
+        let a = base().header("content-type", b"text/plain").raw_body(b"x");
+        assert_eq!(
+            a,
+            base().header("Content-Type", b"text/plain").raw_body(b"x")
+        );
+        assert_ne!(a, base().raw_body(b"x"));
+        assert_ne!(
+            a,
+            base().header("content-type", b"text/plain").json_body(b"x")
+        );
+        assert_ne!(
+            base().header("a", b"bc").raw_body(b""),
+            base().header("ab", b"c").raw_body(b"")
+        );
+        assert_ne!(
+            base().header("a", b"1").header("b", b"2").raw_body(b""),
+            base().header("b", b"2").header("a", b"1").raw_body(b"")
+        );
+        assert_ne!(base().header("a", b"").raw_body(b""), base().raw_body(b""));
     }
 
     #[test]

@@ -77,7 +77,7 @@ mod response;
 mod scope;
 mod store;
 
-pub use fingerprint::Fingerprint;
+pub use fingerprint::{Fingerprint, RequestFingerprint};
 pub use key::IdempotencyKey;
 pub use memory::MemoryStore;
 pub use policy::ResponsePolicy;
