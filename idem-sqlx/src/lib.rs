@@ -77,6 +77,7 @@ mod mysql;
 #[cfg(feature = "postgres")]
 mod postgres;
 mod retry;
+mod savepoint;
 mod schema;
 #[cfg(feature = "sqlite")]
 mod sqlite;
@@ -85,7 +86,7 @@ mod transition;
 pub use backend::{Backend, ErrorKind};
 pub use error::{Error, HandlerError};
 pub use handler::TransitionHandler;
-pub use insert::{insert_once, Insert, InsertBackend};
+pub use insert::{insert_once, BusinessKey, Insert, InsertBackend, ViolatedKey};
 pub use key::Key;
 pub use retry::{RetryPolicy, RETRY_TARGET};
 pub use schema::{install, install_sql};

@@ -8,6 +8,7 @@ use sqlx::{Acquire, Connection, Pool};
 
 use crate::backend::db_error;
 use crate::retry::{run_attempts, Attempt, Failure};
+use crate::savepoint::{self, Enclosing};
 use crate::{Backend, Error, HandlerError, Key, RetryPolicy, TransitionHandler};
 
 /// Applies a state machine's transitions to rows: `InvoiceStatus::pay().apply(&pool, id)`.
@@ -263,15 +264,14 @@ async fn apply_atomic<S: State, DB: Backend, K: Key<DB>>(
     if sql.history.is_empty() {
         return DB::apply_on(conn, transition, sql, key).await;
     }
-    let mut tx = if conn.is_in_transaction() {
-        Connection::begin(conn).await
-    } else {
-        conn.begin_with(DB::BEGIN_WRITE).await
+    let mut tx = savepoint::begin::<DB>(conn).await.map_err(db_error::<DB>)?;
+    match DB::apply_on(&mut tx, transition, sql, key).await {
+        Ok(outcome) => {
+            tx.commit().await.map_err(db_error::<DB>)?;
+            Ok(outcome)
+        }
+        Err(failure) => Err(savepoint::fail(tx, failure).await),
     }
-    .map_err(db_error::<DB>)?;
-    let outcome = DB::apply_on(&mut tx, transition, sql, key).await?;
-    tx.commit().await.map_err(db_error::<DB>)?;
-    Ok(outcome)
 }
 
 /// Applies and runs the handler on a connection already in a transaction
@@ -482,23 +482,28 @@ where
     H: TransitionHandler<S, C::Database, K>,
 {
     type Db<C> = <C as Connection>::Database;
-    let mut tx = if conn.is_in_transaction() {
-        Connection::begin(conn).await
-    } else {
-        conn.begin_with(Db::<C>::BEGIN_WRITE).await
-    }
-    .map_err(db_error::<Db<C>>)?;
+    let mut tx = savepoint::begin::<Db<C>>(conn)
+        .await
+        .map_err(db_error::<Db<C>>)?;
     let result = apply_and_handle::<S, Db<C>, K, H>(&mut tx, transition, &key, handler).await;
-    match result {
+    let failure = match result {
         Ok(outcome) => {
             tx.commit().await.map_err(db_error::<Db<C>>)?;
-            Ok(outcome)
+            return Ok(outcome);
         }
         Err(Failure::Handler(e)) => {
-            tx.rollback().await.map_err(db_error::<Db<C>>)?;
-            Err(HandlerError::Handler(e))
+            return match savepoint::roll_back(tx).await.map_err(db_error::<Db<C>>)? {
+                Enclosing::Intact => Err(HandlerError::Handler(e)),
+                // The server had rolled back the caller's whole transaction:
+                // its earlier writes are gone, which the handler's error
+                // cannot tell. Say so rather than return it.
+                Enclosing::Ended(evidence) => {
+                    Err(HandlerError::Idem(Error::TransactionRolledBack(evidence)))
+                }
+            };
         }
-        Err(Failure::Idem(e)) => Err(HandlerError::Idem(e)),
-        Err(Failure::Db(e)) => Err(HandlerError::Idem(db_error::<Db<C>>(e))),
-    }
+        Err(Failure::Idem(e)) => e,
+        Err(Failure::Db(e)) => db_error::<Db<C>>(e),
+    };
+    Err(HandlerError::Idem(savepoint::fail(tx, failure).await))
 }
