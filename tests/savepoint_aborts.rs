@@ -796,14 +796,10 @@ async fn sqlite_a_lock_upgrade_deadlock_in_rollback_journal_mode_is_retryable() 
     assert_eq!(rows, ["a"]);
 }
 
-/// SQLite itself ends the transaction under idem's savepoint: a trigger's
-/// `RAISE(ROLLBACK)`, a key declared `ON CONFLICT ROLLBACK`, a full
-/// database. `TransactionRolledBack` (never `AlreadyExists`), the caller's
-/// earlier write is gone, its `rollback()` succeeds and the pool's one
-/// connection is in step.
-async fn sqlite_errors_that_end_the_transaction_are_reported_and_leave_the_pool_in_step(
-    pool: Pool<sqlx::Sqlite>,
-) {
+/// The tables whose writes make SQLite end the transaction: a key
+/// declared `ON CONFLICT ROLLBACK` (holding `x`), a trigger's
+/// `RAISE(ROLLBACK)`, and a table to fill the database with.
+async fn transaction_enders(pool: &Pool<sqlx::Sqlite>) {
     for ddl in [
         "CREATE TABLE guarded (k TEXT PRIMARY KEY ON CONFLICT ROLLBACK)",
         "INSERT INTO guarded (k) VALUES ('x')",
@@ -811,8 +807,19 @@ async fn sqlite_errors_that_end_the_transaction_are_reported_and_leave_the_pool_
         "CREATE TRIGGER refuse BEFORE INSERT ON refused BEGIN SELECT RAISE(ROLLBACK, 'refused'); END",
         "CREATE TABLE big (v BLOB)",
     ] {
-        sqlx::query(ddl).execute(&pool).await.unwrap();
+        sqlx::query(ddl).execute(pool).await.unwrap();
     }
+}
+
+/// SQLite itself ends the transaction under `insert_once`'s savepoint: a
+/// duplicate of a key declared `ON CONFLICT ROLLBACK` (never
+/// `AlreadyExists`), a trigger's `RAISE(ROLLBACK)`, a full database.
+/// `TransactionRolledBack`, the caller's earlier write is gone, its
+/// `rollback()` succeeds and the pool's one connection is in step.
+async fn sqlite_insert_once_in_a_transaction_sqlite_ended_is_transaction_rolled_back(
+    pool: Pool<sqlx::Sqlite>,
+) {
+    transaction_enders(&pool).await;
     let cases = [
         ("guarded", "INSERT INTO guarded (k) VALUES ('x')"),
         ("refused", "INSERT INTO refused (k) VALUES ('y')"),
@@ -854,24 +861,34 @@ async fn sqlite_errors_that_end_the_transaction_are_reported_and_leave_the_pool_
         );
         sessions(&pool, 1).await;
     }
+}
 
-    // A handler whose statement hits the trigger, under apply_with_in:
-    // its error cannot say the caller's transaction is gone, idem does.
-    struct Refused;
-    #[async_trait]
-    impl TransitionHandler<Invoice, sqlx::Sqlite, i64> for Refused {
-        type Error = sqlx::Error;
-        async fn on_applied(
-            &self,
-            conn: &mut sqlx::SqliteConnection,
-            _: Change<'_, Invoice, i64>,
-        ) -> Result<(), sqlx::Error> {
-            sqlx::query("INSERT INTO refused (k) VALUES ('y')")
-                .execute(conn)
-                .await?;
-            Ok(())
-        }
+/// A handler whose statement hits a trigger's `RAISE(ROLLBACK)`.
+struct Refused;
+
+#[async_trait]
+impl TransitionHandler<Invoice, sqlx::Sqlite, i64> for Refused {
+    type Error = sqlx::Error;
+
+    async fn on_applied(
+        &self,
+        conn: &mut sqlx::SqliteConnection,
+        _: Change<'_, Invoice, i64>,
+    ) -> Result<(), sqlx::Error> {
+        sqlx::query("INSERT INTO refused (k) VALUES ('y')")
+            .execute(conn)
+            .await?;
+        Ok(())
     }
+}
+
+/// The same under `apply_with_in`, from the handler's own statement: the
+/// handler's error cannot say that the caller's transaction is gone, so
+/// idem says it (`TransactionRolledBack`), and the rollback succeeds.
+async fn sqlite_a_handler_whose_transaction_sqlite_ended_is_transaction_rolled_back(
+    pool: Pool<sqlx::Sqlite>,
+) {
+    transaction_enders(&pool).await;
     let mut tx = pool.begin().await.unwrap();
     let outcome = Invoice::pay().apply_with_in(&mut tx, 1, &Refused).await;
     assert!(
@@ -883,9 +900,16 @@ async fn sqlite_errors_that_end_the_transaction_are_reported_and_leave_the_pool_
     );
     tx.rollback().await.unwrap();
     sessions(&pool, 1).await;
+}
 
-    // In a transaction idem owns (apply_with, an inbox): the handler's
-    // error, and the connection goes back in step.
+/// In transactions idem owns (`apply_with`, an inbox), a handler whose
+/// statement ends the transaction gets its own error back, and the pool's
+/// one connection goes back in step: sqlx's `ROLLBACK` of a transaction
+/// SQLite already ended used to fail and leave sqlx believing it open.
+async fn sqlite_a_transaction_idem_owns_that_sqlite_ended_leaves_the_pool_in_step(
+    pool: Pool<sqlx::Sqlite>,
+) {
+    transaction_enders(&pool).await;
     let outcome = Invoice::pay().apply_with(&pool, 1, &Refused).await;
     assert!(
         matches!(outcome, Err(HandlerError::Handler(_))),
@@ -969,5 +993,7 @@ suite!(sqlite, sqlx::Sqlite:
     a_dropped_insert_once_never_leaves_half_a_change(2),
     a_dropped_apply_with_in_never_leaves_half_a_change(2),
     a_busy_lock_upgrade_is_retryable_and_the_transaction_rolls_back(2),
-    sqlite_errors_that_end_the_transaction_are_reported_and_leave_the_pool_in_step(1),
+    sqlite_insert_once_in_a_transaction_sqlite_ended_is_transaction_rolled_back(1),
+    sqlite_a_handler_whose_transaction_sqlite_ended_is_transaction_rolled_back(1),
+    sqlite_a_transaction_idem_owns_that_sqlite_ended_leaves_the_pool_in_step(1),
 );
