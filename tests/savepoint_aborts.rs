@@ -63,6 +63,8 @@ trait Server: Db + InsertBackend + InboxBackend {
     const HISTORY_IN_ONE_STATEMENT: bool;
     /// What each session of the pool runs first.
     const SESSION: &'static str;
+    /// Makes the session's lock waits time out within a second.
+    const SHORT_LOCK_WAIT: &'static str;
     /// The server's id of the session on `conn`, when it has one.
     fn session_id(conn: &mut Self::Connection) -> BoxFuture<'_, Option<i64>>;
 }
@@ -85,6 +87,7 @@ impl Server for sqlx::Sqlite {
     const DEADLOCK_ENDS_TRANSACTION: bool = false;
     const HISTORY_IN_ONE_STATEMENT: bool = false;
     const SESSION: &'static str = "SELECT 1";
+    const SHORT_LOCK_WAIT: &'static str = "SELECT 1";
     session_id!(None);
 }
 
@@ -93,6 +96,7 @@ impl Server for sqlx::Postgres {
     const HISTORY_IN_ONE_STATEMENT: bool = true;
     // The default of one second per deadlock makes the suite slow.
     const SESSION: &'static str = "SET deadlock_timeout = '50ms'";
+    const SHORT_LOCK_WAIT: &'static str = "SET lock_timeout = '300ms'";
     session_id!("SELECT pg_backend_pid()::bigint");
 }
 
@@ -101,6 +105,7 @@ impl Server for sqlx::MySql {
     const HISTORY_IN_ONE_STATEMENT: bool = false;
     // A crossed test that does not deadlock fails in seconds, not minutes.
     const SESSION: &'static str = "SET SESSION innodb_lock_wait_timeout = 20";
+    const SHORT_LOCK_WAIT: &'static str = "SET SESSION innodb_lock_wait_timeout = 1";
     session_id!("SELECT CAST(CONNECTION_ID() AS SIGNED)");
 }
 
@@ -108,6 +113,12 @@ impl Server for sqlx::MySql {
 /// payments, a history table and the inbox.
 async fn setup<DB: Server>(connections: u32) -> Option<Pool<DB>> {
     let pool = DB::pool(connections).await?;
+    prepare(&pool, connections).await;
+    Some(pool)
+}
+
+/// [`setup`] on an existing pool of `connections`.
+async fn prepare<DB: Server>(pool: &Pool<DB>, connections: u32) {
     for ddl in [
         "CREATE TABLE t (k VARCHAR(16) PRIMARY KEY)",
         "CREATE TABLE invoices (id BIGINT PRIMARY KEY, status VARCHAR(16) NOT NULL)",
@@ -115,19 +126,18 @@ async fn setup<DB: Server>(connections: u32) -> Option<Pool<DB>> {
         "CREATE TABLE effects (event_id VARCHAR(64) NOT NULL)",
         "INSERT INTO invoices (id, status) VALUES (1, 'issued'), (2, 'issued')",
     ] {
-        DB::exec(&pool, ddl).await;
+        DB::exec(pool, ddl).await;
     }
-    idem::sqlx::history::install::<Logged, DB>(&pool)
+    idem::sqlx::history::install::<Logged, DB>(pool)
         .await
         .unwrap();
-    inbox::install(&pool).await.unwrap();
+    inbox::install(pool).await.unwrap();
     let mut conns = Vec::new();
     for _ in 0..connections {
         let mut conn = pool.acquire().await.unwrap();
         DB::execute_plain(&mut conn, DB::SESSION).await.unwrap();
         conns.push(conn);
     }
-    Some(pool)
 }
 
 fn t_key() -> BusinessKey {
@@ -466,6 +476,159 @@ async fn an_inbox_whose_handler_deadlocks_runs_it_again_and_commits_each_effect_
             }
             _ => assert_eq!(DB::count(&pool, "SELECT COUNT(*) FROM payments").await, 2),
         }
+    }
+}
+
+/// A lock wait that times out under idem's savepoint, through every path:
+/// `Retryable` (PostgreSQL's `lock_not_available`, InnoDB's 1205). When
+/// the server rolls back only the statement (PostgreSQL; InnoDB by
+/// default), the caller's transaction goes on and commits its earlier
+/// note; when it rolls back the whole transaction (InnoDB with
+/// `innodb_rollback_on_timeout`), a write fails and the rollback succeeds.
+async fn lock_wait_timeouts<DB: Server>(pool: &Pool<DB>, ends_transaction: bool)
+where
+    i64: Key<DB>,
+{
+    for path in PATHS {
+        let before = sessions(pool, 2).await;
+        let mut holder = pool.begin().await.unwrap();
+        step(&mut holder, path, 1).await.unwrap();
+        let mut waiter = pool.begin().await.unwrap();
+        DB::execute_plain(&mut waiter, DB::SHORT_LOCK_WAIT)
+            .await
+            .unwrap();
+        DB::execute_plain(
+            &mut waiter,
+            "INSERT INTO effects (event_id) VALUES ('note')",
+        )
+        .await
+        .unwrap();
+        match step(&mut waiter, path, 1).await {
+            Err(Error::Retryable(timeout)) => {
+                assert_eq!(DB::error_kind(&timeout), ErrorKind::Transient, "{timeout}");
+            }
+            other => panic!("{path:?}: expected a retryable lock timeout, got {other:?}"),
+        }
+        let usable = !ends_transaction && path.uses_savepoint::<DB>();
+        let write = DB::execute_plain(&mut waiter, "INSERT INTO t (k) VALUES ('z')").await;
+        assert_eq!(write.is_ok(), usable, "{path:?}: {write:?}");
+        if usable {
+            waiter.commit().await.unwrap();
+        } else {
+            waiter.rollback().await.expect("the rollback succeeds");
+        }
+        holder.rollback().await.unwrap();
+        let notes = DB::count(pool, "SELECT COUNT(*) FROM effects WHERE event_id = 'note'").await;
+        assert_eq!(notes, i64::from(usable), "{path:?}");
+        assert_eq!(sessions(pool, 2).await, before, "{path:?}");
+        for sql in ["DELETE FROM t", "DELETE FROM effects"] {
+            DB::exec(pool, sql).await;
+        }
+    }
+}
+
+async fn a_lock_wait_timeout_under_a_savepoint_is_retryable<DB: Server>(pool: Pool<DB>)
+where
+    i64: Key<DB>,
+{
+    lock_wait_timeouts(&pool, false).await;
+}
+
+/// A private MariaDB started with `--innodb-rollback-on-timeout`, which the
+/// shared server does not have (and which cannot be set at run time): its
+/// lock wait timeouts roll the whole transaction back.
+#[tokio::test]
+async fn mysql_a_lock_wait_timeout_that_ends_the_transaction_is_retryable() {
+    if std::env::var_os("IDEM_TEST_MYSQL").is_none() {
+        return;
+    }
+    let Some(server) = PrivateMariaDb::start(&["--innodb-rollback-on-timeout=ON"]) else {
+        return;
+    };
+    let admin = sqlx::MySqlPool::connect(&server.url("mysql"))
+        .await
+        .unwrap();
+    sqlx::query("CREATE DATABASE timeouts")
+        .execute(&admin)
+        .await
+        .unwrap();
+    let pool = sqlx::mysql::MySqlPoolOptions::new()
+        .max_connections(2)
+        .connect(&server.url("timeouts"))
+        .await
+        .unwrap();
+    prepare(&pool, 2).await;
+    lock_wait_timeouts(&pool, true).await;
+}
+
+/// A MariaDB server of the test's own, on a free port with its data in a
+/// temporary folder, stopped (by its process id) and removed on drop.
+struct PrivateMariaDb {
+    child: std::process::Child,
+    dir: std::path::PathBuf,
+    port: u16,
+}
+
+impl PrivateMariaDb {
+    /// `None` (the test is skipped) when MariaDB is not installed, except
+    /// in CI, where that fails the test.
+    fn start(options: &[&str]) -> Option<Self> {
+        use std::process::{Command, Stdio};
+        const SERVER: &str = "/usr/sbin/mariadbd";
+        if !std::path::Path::new(SERVER).exists() {
+            assert!(std::env::var_os("CI").is_none(), "CI needs {SERVER}");
+            eprintln!("{SERVER} is not installed: skipping");
+            return None;
+        }
+        let dir = std::env::temp_dir().join(format!("idem-mariadb-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let data = dir.join("data");
+        let installed = Command::new("mariadb-install-db")
+            .args(["--no-defaults", "--auth-root-authentication-method=normal"])
+            .args(["--skip-test-db", "--user=root"])
+            .arg(format!("--datadir={}", data.display()))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("run mariadb-install-db");
+        assert!(installed.success(), "mariadb-install-db failed");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new(SERVER)
+            .args(["--no-defaults", "--user=root", "--skip-grant-tables"])
+            .args(["--bind-address=127.0.0.1", "--innodb-buffer-pool-size=16M"])
+            .arg(format!("--datadir={}", data.display()))
+            .arg(format!("--socket={}", dir.join("sock").display()))
+            .arg(format!("--port={port}"))
+            .arg(format!("--log-error={}", dir.join("error.log").display()))
+            .args(options)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start mariadbd");
+        let server = PrivateMariaDb { child, dir, port };
+        for _ in 0..120 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Some(server);
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        panic!("the private MariaDB did not come up on port {port}");
+    }
+
+    fn url(&self, database: &str) -> String {
+        format!("mysql://root@127.0.0.1:{}/{database}", self.port)
+    }
+}
+
+impl Drop for PrivateMariaDb {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -1012,6 +1175,7 @@ macro_rules! servers {
                 crossed_steps_deadlock_into_retryable_and_the_victim_rolls_back(2),
                 an_inbox_whose_handler_deadlocks_runs_it_again_and_commits_each_effect_once(2),
                 dropping_the_deadlocked_calls_never_leaves_half_a_change(2),
+                a_lock_wait_timeout_under_a_savepoint_is_retryable(2),
                 a_dropped_insert_once_never_leaves_half_a_change(2),
                 a_dropped_apply_with_in_never_leaves_half_a_change(2),
             );
