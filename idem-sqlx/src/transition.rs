@@ -122,6 +122,18 @@ pub trait TransitionExt<S: State> {
     /// caller's transaction. Transient conflicts are not retried here: they
     /// surface as [`Error::Retryable`], and the caller runs its transaction
     /// again.
+    ///
+    /// The database may end the caller's whole transaction under the
+    /// savepoint: InnoDB does on a deadlock (and on a lock wait timeout
+    /// with `innodb_rollback_on_timeout`), SQLite on a trigger's
+    /// `RAISE(ROLLBACK)`, an `ON CONFLICT ROLLBACK` constraint or a full
+    /// disk. Then the caller's earlier writes are gone; the result is
+    /// [`Error::Retryable`] for a deadlock or timeout and
+    /// [`Error::TransactionRolledBack`] otherwise (also when the handler's
+    /// own statement hit it and its error did not say so), and the
+    /// caller's `rollback()` still succeeds: idem leaves a transaction open
+    /// in its place (read-only on PostgreSQL and MySQL, so a write fails
+    /// there instead of committing alone).
     fn apply_with_in<'a, 't, DB, K, H>(
         &'static self,
         tx: &'a mut sqlx::Transaction<'t, DB>,
@@ -149,7 +161,9 @@ pub trait TransitionExt<S: State> {
     /// conflicts are not retried here: they surface as [`Error::Retryable`]
     /// and the caller runs its transaction again (an inbox does so itself
     /// when its handler's [`transient`](crate::inbox::InboxHandler::transient)
-    /// hands the error back).
+    /// hands the error back, e.g. with [`HandlerError::into_transient`]).
+    /// When the database ended the caller's whole transaction under the
+    /// savepoint, the result is as for [`apply_with_in`](Self::apply_with_in).
     ///
     /// ```
     /// use async_trait::async_trait;
