@@ -123,6 +123,12 @@ impl<T> Insert<T> {
 /// statement more than its rollback (a `ROLLBACK TO SAVEPOINT` that asks
 /// whether the savepoint still exists).
 ///
+/// Dropping the returned future before it completes rolls the savepoint
+/// back before the caller's next statement (sqlx queues it). On
+/// PostgreSQL, a drop while sqlx is still opening the savepoint rolls back
+/// the caller's whole transaction instead (a fault of sqlx 0.8.6; check
+/// `is_in_transaction()` on the caller's transaction after a timeout).
+///
 /// ```
 /// use idem_sqlx::{insert_once, BusinessKey, Error, Insert};
 /// use sqlx::sqlite::SqlitePoolOptions;

@@ -27,7 +27,13 @@
 //! ended it, so a future dropped at any `.await` here leaves sqlx's `Drop`
 //! to queue the rollback, which runs before the caller's next statement
 //! (and, when the savepoint is gone, fails that statement loudly instead of
-//! letting it commit half a change).
+//! letting it commit half a change). One window is sqlx's own and out of
+//! idem's reach: on PostgreSQL, sqlx 0.8.6 arms a guard before it sends
+//! `SAVEPOINT` and raises its depth only after the answer, so a future
+//! dropped in between rolls back the caller's whole transaction and sqlx
+//! forgets it (`is_in_transaction()` turns false; the caller should treat
+//! its transaction as lost after dropping any call that opens a savepoint
+//! before it returned).
 
 use sqlx::{Connection, Transaction, TransactionManager};
 
