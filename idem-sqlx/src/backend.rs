@@ -30,6 +30,31 @@ pub trait Backend: sqlx::Database {
     /// Classifies a driver error.
     fn error_kind(error: &sqlx::Error) -> ErrorKind;
 
+    /// Whether `error` answers `ROLLBACK TO SAVEPOINT` with "no such
+    /// savepoint" or "no transaction in progress": the server ended the
+    /// transaction the savepoint was in (a deadlock or lock wait timeout
+    /// on InnoDB, `RAISE(ROLLBACK)` or a full disk on SQLite). Used by
+    /// idem's savepoint handling.
+    #[doc(hidden)]
+    fn is_missing_savepoint(error: &sqlx::Error) -> bool;
+
+    /// The statements that open a transaction again after the server ended
+    /// the one sqlx believes open, so that sqlx's own rollbacks succeed and
+    /// the connection goes back to its pool in step with the server. Run in
+    /// order; the first that fails stops the rest (MySQL refuses
+    /// `SET TRANSACTION` while a transaction is open, and `START
+    /// TRANSACTION` there would commit it). Read-only where the backend has
+    /// read-only transactions, so that a write the caller still attempts in
+    /// the dead transaction fails instead of committing on its own.
+    #[doc(hidden)]
+    const REOPEN: &'static [&'static str];
+
+    /// Whether `ROLLBACK` fails when no transaction is open (SQLite): then
+    /// idem opens one ([`REOPEN`](Self::REOPEN)) before it rolls back a
+    /// transaction it owns, in case the server ended that transaction.
+    #[doc(hidden)]
+    const ROLLBACK_NEEDS_TRANSACTION: bool;
+
     /// Runs a script without parameters: one statement, or several
     /// separated by `;` (schema installation).
     #[doc(hidden)]

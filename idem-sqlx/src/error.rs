@@ -1,3 +1,5 @@
+use crate::insert::{BusinessKey, ViolatedKey};
+
 /// Everything that can go wrong in idem-sqlx.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -53,6 +55,72 @@ pub enum Error {
         migration: String,
     },
 
+    /// The database rolled back the caller's whole transaction while idem
+    /// worked under a savepoint in it, for a reason that running it again
+    /// would not cure: a trigger's `RAISE(ROLLBACK)`, a constraint declared
+    /// `ON CONFLICT ROLLBACK` or a full disk on SQLite. (A deadlock or lock
+    /// wait timeout that ends the transaction, as InnoDB's do, is
+    /// [`Error::Retryable`] instead.) Every write the transaction made
+    /// before is gone. idem left the connection in a transaction of its own
+    /// (read-only on PostgreSQL and MySQL, so later writes fail) only so
+    /// that the caller's `rollback()` succeeds: roll it back. The source is
+    /// the error that ended the transaction, or, when a handler's own
+    /// error hid it, the database's answer that idem's savepoint no longer
+    /// exists.
+    #[error(
+        "the database rolled back the whole transaction (every earlier write in it is lost); \
+         roll it back: {0}"
+    )]
+    TransactionRolledBack(#[source] sqlx::Error),
+
+    /// A [`BusinessKey`] that cannot name a unique key: an empty table or
+    /// column name, no columns, a column named twice.
+    #[error("invalid business key: {0}")]
+    InvalidBusinessKey(String),
+
+    /// [`insert_once`](crate::insert_once): a unique constraint other than
+    /// the business key the caller named rejected the row (another order
+    /// already has this e-mail address, say). Nothing was written and the
+    /// caller's transaction is still usable. A row that repeats the
+    /// business key as well may be reported this way, when the database
+    /// checks the other key first: see [`insert_once`](crate::insert_once).
+    #[error(
+        "the row violates {violated}, which is not the business key {key}: \
+         nothing was written; {source}"
+    )]
+    OtherUniqueViolation {
+        /// The business key the caller named.
+        key: Box<BusinessKey>,
+        /// The constraint that rejected the row.
+        violated: Box<ViolatedKey>,
+        /// The database's error.
+        #[source]
+        source: sqlx::Error,
+    },
+
+    /// [`insert_once`](crate::insert_once): a unique constraint rejected
+    /// the row, but idem could not tell whether it is the business key the
+    /// caller named (`reason` says why: an index on expressions, a table
+    /// whose triggers write elsewhere on MariaDB, which does not name the
+    /// table of a violated key, ...). It is never reported as
+    /// [`Insert::AlreadyExists`](crate::Insert::AlreadyExists). Nothing was
+    /// written and the caller's transaction is still usable.
+    #[error(
+        "a unique constraint ({violated}) rejected the row, and idem cannot tell whether it \
+         is the business key {key}: {reason}; nothing was written: {source}"
+    )]
+    UnresolvedUniqueViolation {
+        /// The business key the caller named.
+        key: Box<BusinessKey>,
+        /// What the database reported about the violated constraint.
+        violated: Box<ViolatedKey>,
+        /// Why idem could not attribute it.
+        reason: String,
+        /// The database's error.
+        #[source]
+        source: sqlx::Error,
+    },
+
     /// The row kept moving into and out of the transition's source states
     /// between idem's statements (only possible when transitions form a
     /// cycle and other writers keep running them).
@@ -68,6 +136,21 @@ pub enum Error {
     },
 }
 
+impl Error {
+    /// The transient conflict inside [`Error::Retryable`], or the error
+    /// unchanged: what an [`InboxHandler::transient`](crate::inbox::InboxHandler::transient)
+    /// or [`TransitionHandler::transient`](crate::TransitionHandler::transient)
+    /// whose error is an idem [`Error`] returns, so that a deadlock hit by
+    /// an idem call inside the handler (say [`insert_once`](crate::insert_once))
+    /// runs the owning transaction again.
+    pub fn into_transient(self) -> Result<sqlx::Error, Self> {
+        match self {
+            Error::Retryable(conflict) => Ok(conflict),
+            other => Err(other),
+        }
+    }
+}
+
 /// The error of an operation that runs a user handler (`apply_with`,
 /// `Inbox::process`): either the handler's own error, returned as it was,
 /// or idem's.
@@ -79,4 +162,17 @@ pub enum HandlerError<E> {
     /// idem or the database failed.
     #[error(transparent)]
     Idem(#[from] Error),
+}
+
+impl<E> HandlerError<E> {
+    /// The transient conflict inside `HandlerError::Idem(Error::Retryable)`,
+    /// or the error unchanged: what the `transient` hook of a handler that
+    /// calls [`apply_with_on`](crate::TransitionExt::apply_with_on) returns,
+    /// so that a deadlock there runs the owning transaction again.
+    pub fn into_transient(self) -> Result<sqlx::Error, Self> {
+        match self {
+            HandlerError::Idem(error) => error.into_transient().map_err(HandlerError::Idem),
+            other => Err(other),
+        }
+    }
 }

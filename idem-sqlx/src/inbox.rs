@@ -208,7 +208,13 @@ pub trait InboxHandler<B: Backend>: Send + Sync {
     ///
     /// The default treats every handler error as final; the
     /// [module example](self) shows a handler opting in with
-    /// [`Backend::error_kind`].
+    /// [`Backend::error_kind`]. A handler whose error is idem's own (it
+    /// calls [`insert_once`](crate::insert_once) or
+    /// [`apply_with_on`](crate::TransitionExt::apply_with_on)) hands back
+    /// their [`Error::Retryable`] with [`Error::into_transient`] or
+    /// [`HandlerError::into_transient`]: a deadlock there then runs the
+    /// delivery again, even when the database had ended the inbox's
+    /// transaction under idem's savepoint (InnoDB's deadlock victims).
     fn transient(&self, error: Self::Error) -> Result<sqlx::Error, Self::Error> {
         Err(error)
     }

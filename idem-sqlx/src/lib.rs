@@ -97,6 +97,7 @@ mod mysql;
 mod postgres;
 mod purge;
 mod retry;
+mod savepoint;
 mod schema;
 #[cfg(feature = "sqlite")]
 mod sqlite;
@@ -106,7 +107,7 @@ mod upgrade;
 pub use backend::{Backend, ErrorKind};
 pub use error::{Error, HandlerError};
 pub use handler::TransitionHandler;
-pub use insert::{insert_once, Insert, InsertBackend};
+pub use insert::{insert_once, BusinessKey, Insert, InsertBackend, ViolatedKey};
 pub use key::Key;
 pub use purge::DEFAULT_PURGE_CHUNK;
 pub use retry::{RetryPolicy, RETRY_TARGET};

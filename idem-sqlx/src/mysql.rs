@@ -41,6 +41,19 @@ impl Backend for MySql {
         }
     }
 
+    fn is_missing_savepoint(error: &sqlx::Error) -> bool {
+        // ER_SP_DOES_NOT_EXIST: also the answer outside a transaction.
+        error
+            .as_database_error()
+            .and_then(|db| db.try_downcast_ref::<MySqlDatabaseError>())
+            .is_some_and(|my| my.number() == 1305)
+    }
+
+    // SET TRANSACTION fails inside an open transaction (1568), which stops
+    // the START TRANSACTION that would commit it.
+    const REOPEN: &'static [&'static str] = &["SET TRANSACTION READ ONLY", "START TRANSACTION"];
+    const ROLLBACK_NEEDS_TRANSACTION: bool = false;
+
     fn execute_plain<'c>(
         conn: &'c mut MySqlConnection,
         sql: &'c str,

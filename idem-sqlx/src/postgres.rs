@@ -23,6 +23,15 @@ impl Backend for Postgres {
         }
     }
 
+    fn is_missing_savepoint(error: &sqlx::Error) -> bool {
+        // invalid_savepoint_specification, no_active_sql_transaction
+        let code = error.as_database_error().and_then(|db| db.code());
+        matches!(code.as_deref(), Some("3B001" | "25P01"))
+    }
+
+    const REOPEN: &'static [&'static str] = &["BEGIN READ ONLY"];
+    const ROLLBACK_NEEDS_TRANSACTION: bool = false;
+
     fn execute_plain<'c>(
         conn: &'c mut PgConnection,
         sql: &'c str,

@@ -1,5 +1,6 @@
 use std::time::Duration;
 
+use crate::savepoint;
 use crate::{Backend, Error, ErrorKind, HandlerError};
 
 /// Bounded, jittered exponential backoff for transactions idem owns, used
@@ -79,7 +80,7 @@ impl<E> From<Error> for Failure<E> {
 /// Runs `work` in a transaction idem owns (`B::BEGIN_WRITE`), commits, and
 /// runs it again from the start, after a jittered backoff, when the
 /// database reports a transient conflict — up to `policy.max_attempts`.
-/// Dropping the transaction of a failed attempt rolls it back.
+/// A failed attempt is rolled back with [`savepoint::roll_back`].
 pub(crate) async fn run_transaction<B, T, E, F>(
     pool: &sqlx::Pool<B>,
     policy: &RetryPolicy,
@@ -138,9 +139,20 @@ where
         attempt += 1;
         let result: Result<T, Failure<E>> = async {
             let mut tx = pool.begin_with(B::BEGIN_WRITE).await?;
-            let value = work.run(&mut tx).await?;
-            tx.commit().await?;
-            Ok(value)
+            match work.run(&mut tx).await {
+                Ok(value) => {
+                    tx.commit().await?;
+                    Ok(value)
+                }
+                Err(failure) => {
+                    // Rolled back here rather than by `Drop`, so that a
+                    // transaction the server ended (SQLite's
+                    // `RAISE(ROLLBACK)`) leaves the pooled connection in
+                    // step. A failed rollback says no more than `failure`.
+                    let _ = savepoint::roll_back(tx).await;
+                    Err(failure)
+                }
+            }
         }
         .await;
         let error = match result {

@@ -35,6 +35,17 @@ impl Backend for Sqlite {
         }
     }
 
+    fn is_missing_savepoint(error: &sqlx::Error) -> bool {
+        // SQLITE_ERROR has no finer code for it: the message tells.
+        error.as_database_error().is_some_and(|db| {
+            db.code().as_deref() == Some("1") && db.message().starts_with("no such savepoint")
+        })
+    }
+
+    // No read-only transactions on SQLite: a plain deferred one.
+    const REOPEN: &'static [&'static str] = &["BEGIN"];
+    const ROLLBACK_NEEDS_TRANSACTION: bool = true;
+
     fn execute_plain<'c>(
         conn: &'c mut SqliteConnection,
         sql: &'c str,

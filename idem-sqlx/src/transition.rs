@@ -8,6 +8,7 @@ use sqlx::{Acquire, Connection, Pool};
 
 use crate::backend::db_error;
 use crate::retry::{run_attempts, Attempt, Failure};
+use crate::savepoint::{self, Enclosing};
 use crate::{Backend, Error, HandlerError, Key, RetryPolicy, TransitionHandler};
 
 /// Applies a state machine's transitions to rows: `InvoiceStatus::pay().apply(&pool, id)`.
@@ -140,6 +141,18 @@ pub trait TransitionExt<S: State> {
     /// caller's transaction. Transient conflicts are not retried here: they
     /// surface as [`Error::Retryable`], and the caller runs its transaction
     /// again.
+    ///
+    /// The database may end the caller's whole transaction under the
+    /// savepoint: InnoDB does on a deadlock (and on a lock wait timeout
+    /// with `innodb_rollback_on_timeout`), SQLite on a trigger's
+    /// `RAISE(ROLLBACK)`, an `ON CONFLICT ROLLBACK` constraint or a full
+    /// disk. Then the caller's earlier writes are gone; the result is
+    /// [`Error::Retryable`] for a deadlock or timeout and
+    /// [`Error::TransactionRolledBack`] otherwise (also when the handler's
+    /// own statement hit it and its error did not say so), and the
+    /// caller's `rollback()` still succeeds: idem leaves a transaction open
+    /// in its place (read-only on PostgreSQL and MySQL, so a write fails
+    /// there instead of committing alone).
     fn apply_with_in<'a, 't, DB, K, H>(
         &'static self,
         tx: &'a mut sqlx::Transaction<'t, DB>,
@@ -167,7 +180,9 @@ pub trait TransitionExt<S: State> {
     /// conflicts are not retried here: they surface as [`Error::Retryable`]
     /// and the caller runs its transaction again (an inbox does so itself
     /// when its handler's [`transient`](crate::inbox::InboxHandler::transient)
-    /// hands the error back).
+    /// hands the error back, e.g. with [`HandlerError::into_transient`]).
+    /// When the database ended the caller's whole transaction under the
+    /// savepoint, the result is as for [`apply_with_in`](Self::apply_with_in).
     ///
     /// ```
     /// use async_trait::async_trait;
@@ -282,15 +297,14 @@ async fn apply_atomic<S: State, DB: Backend, K: Key<DB>>(
     if sql.history.is_empty() {
         return DB::apply_on(conn, transition, sql, key).await;
     }
-    let mut tx = if conn.is_in_transaction() {
-        Connection::begin(conn).await
-    } else {
-        conn.begin_with(DB::BEGIN_WRITE).await
+    let mut tx = savepoint::begin::<DB>(conn).await.map_err(db_error::<DB>)?;
+    match DB::apply_on(&mut tx, transition, sql, key).await {
+        Ok(outcome) => {
+            tx.commit().await.map_err(db_error::<DB>)?;
+            Ok(outcome)
+        }
+        Err(failure) => Err(savepoint::fail(tx, failure).await),
     }
-    .map_err(db_error::<DB>)?;
-    let outcome = DB::apply_on(&mut tx, transition, sql, key).await?;
-    tx.commit().await.map_err(db_error::<DB>)?;
-    Ok(outcome)
 }
 
 /// Applies and runs the handler on a connection already in a transaction
@@ -501,23 +515,28 @@ where
     H: TransitionHandler<S, C::Database, K>,
 {
     type Db<C> = <C as Connection>::Database;
-    let mut tx = if conn.is_in_transaction() {
-        Connection::begin(conn).await
-    } else {
-        conn.begin_with(Db::<C>::BEGIN_WRITE).await
-    }
-    .map_err(db_error::<Db<C>>)?;
+    let mut tx = savepoint::begin::<Db<C>>(conn)
+        .await
+        .map_err(db_error::<Db<C>>)?;
     let result = apply_and_handle::<S, Db<C>, K, H>(&mut tx, transition, &key, handler).await;
-    match result {
+    let failure = match result {
         Ok(outcome) => {
             tx.commit().await.map_err(db_error::<Db<C>>)?;
-            Ok(outcome)
+            return Ok(outcome);
         }
         Err(Failure::Handler(e)) => {
-            tx.rollback().await.map_err(db_error::<Db<C>>)?;
-            Err(HandlerError::Handler(e))
+            return match savepoint::roll_back(tx).await.map_err(db_error::<Db<C>>)? {
+                Enclosing::Intact => Err(HandlerError::Handler(e)),
+                // The server had rolled back the caller's whole transaction:
+                // its earlier writes are gone, which the handler's error
+                // cannot tell. Say so rather than return it.
+                Enclosing::Ended(evidence) => {
+                    Err(HandlerError::Idem(Error::TransactionRolledBack(evidence)))
+                }
+            };
         }
-        Err(Failure::Idem(e)) => Err(HandlerError::Idem(e)),
-        Err(Failure::Db(e)) => Err(HandlerError::Idem(db_error::<Db<C>>(e))),
-    }
+        Err(Failure::Idem(e)) => e,
+        Err(Failure::Db(e)) => db_error::<Db<C>>(e),
+    };
+    Err(HandlerError::Idem(savepoint::fail(tx, failure).await))
 }

@@ -17,7 +17,7 @@ use idem::prelude::*;
 use idem::sqlx::history;
 use idem::sqlx::inbox::{Inbox, InboxBackend, InboxHandler};
 use idem::sqlx::keys::{KeyBackend, SqlKeyStore};
-use idem::sqlx::{insert_once, HandlerError, Insert, InsertBackend, TransitionExt};
+use idem::sqlx::{insert_once, BusinessKey, HandlerError, Insert, InsertBackend, TransitionExt};
 use sqlx::mysql::{MySql, MySqlConnectOptions};
 use sqlx::pool::PoolOptions;
 use sqlx::postgres::{PgConnectOptions, Postgres};
@@ -215,7 +215,8 @@ where
         // idempotent, beyond the key store's record: a request whose key
         // record is gone (purged, or its lease taken over after a crash)
         // still finds the invoice it created.
-        let inserted = insert_once(&self.pool, insert).await?;
+        let request = BusinessKey::new("invoices", ["client_id", "request_key"])?;
+        let inserted = insert_once(&self.pool, &request, insert).await?;
         let row: InvoiceRow = sqlx::query_as(B::QUERIES.select_invoice_by_request)
             .bind(client.to_owned())
             .bind(key.to_owned())
