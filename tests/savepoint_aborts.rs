@@ -710,7 +710,13 @@ async fn reset<DB: Server>(pool: &Pool<DB>) {
 /// (dropped after its savepoint was released, the work is whole and only
 /// its result is lost). When they fail, nothing is in.
 async fn sweep<DB: Server, W: Work<DB>>(pool: &Pool<DB>, work: W, state: &[&str], done: &[i64]) {
-    for polls in 1.. {
+    // A call can complete at its first poll when every answer it waits
+    // for is already there (a loaded machine, a multi-threaded runtime):
+    // that round drops nothing, so it is run again, a bounded number of
+    // times, before the sweep goes on to two polls.
+    let mut polls = 1;
+    let mut at_once = 0;
+    loop {
         let mut tx = pool.begin().await.unwrap();
         DB::execute_plain(&mut tx, "INSERT INTO effects (event_id) VALUES ('before')")
             .await
@@ -736,11 +742,16 @@ async fn sweep<DB: Server, W: Work<DB>>(pool: &Pool<DB>, work: W, state: &[&str]
             }
         }
         reset(pool).await;
+        if completed && polls == 1 && at_once < 50 {
+            at_once += 1;
+            continue;
+        }
         if completed {
             assert!(polls > 1, "the call was never dropped");
             break;
         }
         assert!(polls < 100, "the call never completed");
+        polls += 1;
     }
     sessions(pool, 2).await;
 }
