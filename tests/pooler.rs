@@ -67,7 +67,9 @@ async fn seed(bouncer: &PgBouncer) {
 /// one the transition table allows for that row, and the database agrees
 /// with the outcomes (one payment per paid invoice, no draft paid).
 async fn payments_through_the_pooler_follow_the_transition_table(mode: PoolMode) {
-    let Some(bouncer) = PgBouncer::start(mode, 4).await else {
+    // Session mode pins a server connection per client: give it one each.
+    let servers = if mode == PoolMode::Session { 8 } else { 4 };
+    let Some(bouncer) = PgBouncer::start(mode, servers).await else {
         return;
     };
     seed(&bouncer).await;
