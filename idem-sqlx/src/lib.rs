@@ -94,7 +94,8 @@ pub mod keys;
 #[cfg(feature = "mysql")]
 mod mysql;
 #[cfg(feature = "postgres")]
-mod postgres;
+pub mod postgres;
+mod protocol;
 mod purge;
 mod retry;
 mod schema;
@@ -107,7 +108,8 @@ pub use backend::{Backend, ErrorKind};
 pub use error::{Error, HandlerError};
 pub use handler::TransitionHandler;
 pub use insert::{insert_once, Insert, InsertBackend};
-pub use key::Key;
+pub use key::{Key, KeyValue};
+pub use protocol::Protocol;
 pub use purge::DEFAULT_PURGE_CHUNK;
 pub use retry::{RetryPolicy, RETRY_TARGET};
 pub use schema::{install, install_sql};

@@ -3,7 +3,7 @@
 use std::convert::Infallible;
 
 use futures::future::BoxFuture;
-use idem_core::{Change, DialectSql, Outcome, State, Transition};
+use idem_core::{Change, DialectSql, ManySql, Outcome, State, Transition};
 use sqlx::{Acquire, Connection, Pool};
 
 use crate::backend::db_error;
@@ -411,7 +411,7 @@ impl<S: State> TransitionExt<S> for Transition<S> {
             }
             // PostgreSQL runs the batch as one statement; the others read
             // with locks, then write, which needs a transaction.
-            if sql.many.len() == 1 {
+            if let ManySql::Whole(_) = sql.many {
                 let mut conn = pool.acquire().await.map_err(db_error::<DB>)?;
                 return DB::apply_many_on(&mut conn, self, sql, keys).await;
             }

@@ -82,7 +82,10 @@ impl PgBouncer {
             std::process::id(),
             COUNTER.fetch_add(1, Ordering::Relaxed)
         );
-        let mut conn = admin.connect().await.expect("connect to IDEM_TEST_POSTGRES");
+        let mut conn = admin
+            .connect()
+            .await
+            .expect("connect to IDEM_TEST_POSTGRES");
         conn.execute(format!("DROP DATABASE IF EXISTS {database}").as_str())
             .await
             .unwrap();
@@ -153,7 +156,8 @@ impl PgBouncer {
                 return;
             }
             if Instant::now() > deadline {
-                let log = std::fs::read_to_string(self.dir.join("pgbouncer.log")).unwrap_or_default();
+                let log =
+                    std::fs::read_to_string(self.dir.join("pgbouncer.log")).unwrap_or_default();
                 panic!("PgBouncer on port {} did not come up:\n{log}", self.port);
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
