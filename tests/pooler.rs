@@ -22,48 +22,13 @@ use async_trait::async_trait;
 use futures::future::BoxFuture;
 use idem::prelude::*;
 use idem_core::keys::{Claim, Completion, Fingerprint, KeyStore, Scope, StoredResponse};
-use idem_sqlx::inbox::{Delivery, EventId, Inbox, InboxHandler};
+use idem_sqlx::inbox::{Delivery, EventId, Inbox};
 use idem_sqlx::keys::{Once, SqlKeyStore};
 use idem_sqlx::postgres::{set_protocol, Protocol};
 use idem_sqlx::{Error, HandlerError};
-use pooler_support::{PgBouncer, PoolMode};
+use pooler_support::{CountDelivery, Invoice, PgBouncer, PoolMode, RecordPayment};
 use sqlx::{PgConnection, PgPool, Postgres};
 use transitions_support::{Account, Job};
-
-#[derive(StateMachine, Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[state_machine(table = "invoices", column = "status", key = "id")]
-#[state_machine(transitions(
-    issue: Draft -> Issued,
-    pay: Issued -> Paid,
-))]
-enum Invoice {
-    #[state_machine(initial)]
-    Draft,
-    Issued,
-    Paid,
-}
-
-struct RecordPayment;
-
-#[async_trait]
-impl TransitionHandler<Invoice, Postgres, i64> for RecordPayment {
-    type Error = sqlx::Error;
-
-    async fn on_applied(
-        &self,
-        conn: &mut PgConnection,
-        change: Change<'_, Invoice, i64>,
-    ) -> Result<(), sqlx::Error> {
-        // Unnamed (not cached): a named statement would outlive the
-        // transaction and land on another server connection.
-        sqlx::query("INSERT INTO payments (invoice_id) VALUES ($1)")
-            .bind(*change.key)
-            .persistent(false)
-            .execute(conn)
-            .await?;
-        Ok(())
-    }
-}
 
 const INVOICES: i64 = 160;
 
@@ -330,24 +295,6 @@ async fn racing_run_once_through_pgbouncer_in_transaction_mode_runs_the_work_onc
         .await
         .unwrap();
     assert_eq!(rows, 1);
-}
-
-/// Records the event in `deliveries`, unnamed.
-struct CountDelivery;
-
-#[async_trait]
-impl InboxHandler<Postgres> for CountDelivery {
-    type Output = ();
-    type Error = sqlx::Error;
-
-    async fn handle(&self, conn: &mut PgConnection, event: &EventId) -> Result<(), sqlx::Error> {
-        sqlx::query("INSERT INTO deliveries (event_id) VALUES ($1)")
-            .bind(event.as_str())
-            .persistent(false)
-            .execute(conn)
-            .await?;
-        Ok(())
-    }
 }
 
 /// Through a pooler in transaction mode, 3 events each delivered 8 times

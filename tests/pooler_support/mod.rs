@@ -1,5 +1,7 @@
 //! A private PgBouncer (Debian's 1.18, as `.ci/run` installs it) in front
-//! of the machine's PostgreSQL, for the pooler suite: each test starts its
+//! of the machine's PostgreSQL, for the pooler suites (`pooler.rs`, in
+//! the simple protocol, and `pooler_prepared.rs`), and the state machine
+//! and handlers they share: each test starts its
 //! own on a free port, with its own config and log in a temporary folder,
 //! and stops it when dropped. The shared PostgreSQL is never reconfigured;
 //! each test gets a fresh database on it (through PgBouncer's `*`
@@ -14,8 +16,66 @@ use std::str::FromStr;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+use async_trait::async_trait;
+use idem::prelude::*;
+use idem_sqlx::inbox::{EventId, InboxHandler};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
-use sqlx::{ConnectOptions, Executor};
+use sqlx::{ConnectOptions, Executor, PgConnection, Postgres};
+
+/// The issue's invoices.
+#[derive(StateMachine, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[state_machine(table = "invoices", column = "status", key = "id")]
+#[state_machine(transitions(
+    issue: Draft -> Issued,
+    pay: Issued -> Paid,
+))]
+pub enum Invoice {
+    #[state_machine(initial)]
+    Draft,
+    Issued,
+    Paid,
+}
+
+/// Inserts a payment for the invoice that moved.
+pub struct RecordPayment;
+
+#[async_trait]
+impl TransitionHandler<Invoice, Postgres, i64> for RecordPayment {
+    type Error = sqlx::Error;
+
+    async fn on_applied(
+        &self,
+        conn: &mut PgConnection,
+        change: Change<'_, Invoice, i64>,
+    ) -> Result<(), sqlx::Error> {
+        // Unnamed (not cached): a named statement would outlive the
+        // transaction and land on another server connection.
+        sqlx::query("INSERT INTO payments (invoice_id) VALUES ($1)")
+            .bind(*change.key)
+            .persistent(false)
+            .execute(conn)
+            .await?;
+        Ok(())
+    }
+}
+
+/// Records the event in `deliveries`, unnamed.
+pub struct CountDelivery;
+
+#[async_trait]
+impl InboxHandler<Postgres> for CountDelivery {
+    type Output = ();
+    type Error = sqlx::Error;
+
+    async fn handle(&self, conn: &mut PgConnection, event: &EventId) -> Result<(), sqlx::Error> {
+        sqlx::query("INSERT INTO deliveries (event_id) VALUES ($1)")
+            .bind(event.as_str())
+            .persistent(false)
+            .execute(conn)
+            .await?;
+        Ok(())
+    }
+}
 
 /// How PgBouncer hands out server connections.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -315,6 +315,22 @@ mod tests {
         );
     }
 
+    /// pgx's and pgjdbc's simple modes wrote `-$1` with `-1` as `--1`, a
+    /// comment that let a later string on the line inject SQL
+    /// (CVE-2024-27289, CVE-2024-1597): every literal here is wrapped in
+    /// `CAST(...)`.
+    #[test]
+    fn a_negative_number_after_a_minus_never_opens_a_comment() {
+        let params = [
+            Param::Int8(-1),
+            Param::Text("\nWHERE false --", "the value"),
+        ];
+        assert_eq!(
+            render("SELECT -$1, $2", &params).unwrap(),
+            "SELECT -CAST(-1 AS int8), CAST(E'\nWHERE false --' AS text)"
+        );
+    }
+
     #[test]
     fn a_parameter_without_a_value_is_an_error() {
         assert!(render("$2", &[Param::Int8(1)]).is_err());

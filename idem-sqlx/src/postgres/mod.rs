@@ -59,7 +59,7 @@
 //! it (`idem:Invoice.pay:…:apply`), and always at least one row. An
 //! answer with another tag, without a tag or without a row, and the
 //! errors only a misrouted statement gives, are
-//! [`Error::Misrouted`](crate::Error::Misrouted): nothing in such an
+//! [`Error::Misrouted`]: nothing in such an
 //! answer is used, and a transaction idem owns (`apply_with`,
 //! `apply_many`, the inbox, `run_once`) is rolled back, so nothing is
 //! committed. An `Applied` outcome must also come from one of the
@@ -77,7 +77,7 @@
 //! meets a statement sqlx cached for another family (sqlx keys its cache
 //! by the text alone, with the parameter types of the first call). A key
 //! whose family the column cannot be compared with is
-//! [`Error::KeyType`](crate::Error::KeyType).
+//! [`Error::KeyType`].
 
 pub(crate) mod literal;
 pub(crate) mod statement;

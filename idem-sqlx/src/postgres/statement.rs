@@ -79,17 +79,19 @@ where
 const MISROUTED: [&str; 4] = ["26000", "42P05", "08P01", "22P03"];
 
 fn driver_error(error: sqlx::Error, tag: &'static str) -> Error {
-    let misrouted = error
-        .as_database_error()
-        .and_then(|db| db.code())
-        .is_some_and(|code| MISROUTED.contains(&code.as_ref()));
-    if misrouted {
-        return Error::Misrouted {
+    let misrouted = error.as_database_error().and_then(|db| {
+        let code = db.code()?;
+        MISROUTED
+            .contains(&code.as_ref())
+            .then(|| format!("{} ({code})", db.message()))
+    });
+    match misrouted {
+        Some(found) => Error::Misrouted {
             expected: tag,
-            found: error.to_string(),
-        };
+            found,
+        },
+        None => db_error::<sqlx::Postgres>(error),
     }
-    db_error::<sqlx::Postgres>(error)
 }
 
 /// The prepared statement's arguments: each value with its own type (a
