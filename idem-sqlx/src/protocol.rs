@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 /// [`SqlKeyStore`]: crate::keys::SqlKeyStore
 /// [`Inbox`]: crate::inbox::Inbox
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
 pub enum Protocol {
     /// Named prepared statements, cached by sqlx per connection: parsed
     /// once, then bound in binary. Right for direct connections and
