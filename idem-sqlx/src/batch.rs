@@ -28,7 +28,7 @@ use idem_core::{BatchSql, DialectSql, KeyFamily, ManySql, Outcome, PerFamily, St
 use sqlx::{ColumnIndex, Database, Executor, IntoArguments};
 
 use crate::backend::{db_error, state_of};
-use crate::key::repeats;
+use crate::key::{mixed_families, repeats};
 use crate::{Backend, Error, Key};
 
 /// What the batch read found for one key.
@@ -127,11 +127,7 @@ where
     };
     let family = first.value().family();
     if keys.iter().any(|k| k.value().family() != family) {
-        return Err(Error::Database(sqlx::Error::Encode(
-            "the keys of one batch must all be of one family (integers, text or UUIDs): \
-             a `Key` implementation returned several"
-                .into(),
-        )));
+        return Err(mixed_families());
     }
     let (read_sql, from_sql) = chunked(sql)?;
     let repeats = repeats(keys);

@@ -123,6 +123,17 @@ impl<DB: Backend> Key<DB> for uuid::Uuid {
     }
 }
 
+/// The error of a batch whose keys are of several families (a [`Key`]
+/// implementation returning several kinds of value): each family has its
+/// own statement, so one batch statement cannot take them all.
+pub(crate) fn mixed_families() -> crate::Error {
+    crate::Error::Database(sqlx::Error::Encode(
+        "the keys of one batch must all be of one family (integers, text or UUIDs): \
+         a `Key` implementation returned several"
+            .into(),
+    ))
+}
+
 /// For each position of `keys`, the position of the key's first
 /// occurrence when it is a repeat, `None` for a first occurrence.
 pub(crate) fn repeats<K: Eq + Hash>(keys: &[K]) -> Vec<Option<usize>> {

@@ -16,7 +16,7 @@ use crate::{Backend, Error, ErrorKind, Key};
 /// branches for every row, so its cost grows with the square of the
 /// chunk: paying 32,767 rows (inserting them included) took 17 s in
 /// chunks of 32,767 keys and 1.1 to 2.6 s in chunks of 1,024 on MariaDB
-/// 10.11. A chunk's packet (each key twice) also stays
+/// 10.11. A chunk's packet (each key three times) also stays
 /// far inside `max_allowed_packet` (4 MiB by default on MySQL 5.7): 1,024
 /// keys of 255 bytes are three quarters of a MiB.
 pub(crate) const BATCH_KEYS: usize = 1_024;

@@ -11,6 +11,7 @@
 
 use std::fmt::Write as _;
 
+use crate::key::mixed_families;
 use crate::{Error, KeyValue};
 
 /// A value idem binds on PostgreSQL, with what it is for error messages.
@@ -180,16 +181,6 @@ fn write_param(out: &mut String, param: &Param<'_>) -> Result<(), Error> {
             Ok(())
         }
     }
-}
-
-/// The error of a batch whose keys are of several families (a `Key`
-/// implementation returning several kinds of value).
-pub(crate) fn mixed_families() -> Error {
-    Error::Database(sqlx::Error::Encode(
-        "the keys of one batch must all be of one family (integers, text or UUIDs): \
-         a `Key` implementation returned several"
-            .into(),
-    ))
 }
 
 fn write_cast(

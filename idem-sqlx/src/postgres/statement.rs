@@ -10,8 +10,9 @@ use futures::future::BoxFuture;
 use sqlx::postgres::{PgArguments, PgConnection, PgRow};
 use sqlx::{Arguments, Row};
 
-use super::literal::{mixed_families, render, Param};
+use super::literal::{render, Param};
 use crate::backend::db_error;
+use crate::key::mixed_families;
 use crate::{Error, KeyValue, Protocol};
 
 /// Sends `sql` with `params` and returns its rows, after checking that
