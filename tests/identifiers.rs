@@ -100,7 +100,72 @@ macro_rules! on_every_backend {
     };
 }
 
-on_every_backend!(history_rows_of_keys_differing_only_in_case_space_or_accents_stay_apart);
+/// The key column of your own table with a collation that ignores case
+/// (SQLite `NOCASE`, PostgreSQL's nondeterministic ICU collations, MySQL
+/// `_ci`) or trailing spaces (SQLite `RTRIM`): a key finds only the row
+/// holding exactly its bytes — `acme` and `acme ` find no row of `ACME`,
+/// alone or in a batch beside `ACME`, which moves.
+async fn a_key_column_collation_that_ignores_case_or_spaces_finds_only_the_keys_own_row<DB: Db>(
+    pool: Pool<DB>,
+) where
+    String: Key<DB>,
+{
+    let columns: &[&str] = match DB::BACKEND {
+        "postgres" => {
+            DB::exec(
+                &pool,
+                "CREATE COLLATION ci (provider = icu, locale = 'und-u-ks-level2', \
+                 deterministic = false)",
+            )
+            .await;
+            &["text COLLATE ci"]
+        }
+        "mysql" => &["VARCHAR(64) COLLATE utf8mb4_general_ci"],
+        _ => &["TEXT COLLATE NOCASE", "TEXT COLLATE RTRIM"],
+    };
+    assert!(history::install::<Account, DB>(&pool).await.unwrap());
+    let frozen = Outcome::Applied {
+        from: Account::Open,
+        to: Account::Frozen,
+    };
+    for column in columns {
+        DB::exec(&pool, "DROP TABLE IF EXISTS accounts").await;
+        let table = format!(
+            "CREATE TABLE accounts (code {column} PRIMARY KEY, state VARCHAR(16) NOT NULL)"
+        );
+        DB::exec(&pool, &table).await;
+        DB::exec(
+            &pool,
+            "INSERT INTO accounts (code, state) VALUES ('ACME', 'open')",
+        )
+        .await;
+        for other in ["acme", "Acme", "ACME "] {
+            for t in [Account::freeze(), Account::close()] {
+                let found = t.apply(&pool, other.to_owned()).await.unwrap();
+                assert_eq!(found, Outcome::NotFound, "{column} {} {other:?}", t.name());
+            }
+        }
+        let many = Account::freeze()
+            .apply_many(
+                &pool,
+                &["acme".to_owned(), "ACME".to_owned(), "ACME ".to_owned()],
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            many,
+            [Outcome::NotFound, frozen, Outcome::NotFound],
+            "{column}"
+        );
+        let state = DB::text(&pool, "SELECT state FROM accounts").await;
+        assert_eq!(state.as_deref(), Some("frozen"), "{column}");
+    }
+}
+
+on_every_backend!(
+    history_rows_of_keys_differing_only_in_case_space_or_accents_stay_apart,
+    a_key_column_collation_that_ignores_case_or_spaces_finds_only_the_keys_own_row,
+);
 
 /// The key column of your own table on MySQL, whatever its collation:
 /// idem selects the row by `key = ?` and by the exact bytes of both text

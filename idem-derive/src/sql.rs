@@ -207,7 +207,13 @@ impl Parts {
         match (self.d, self.family) {
             (Dialect::MySql, Family::Uuid) => format!("CAST({column} AS BINARY)"),
             (Dialect::MySql, _) => format!("CAST(CONVERT({column} USING utf8mb4) AS BINARY)"),
-            (Dialect::Sqlite | Dialect::Postgres, _) => format!("CAST({column} AS TEXT)"),
+            // A CAST keeps the column's collation on SQLite (NOCASE, RTRIM):
+            // BINARY compares the bytes.
+            (Dialect::Sqlite, _) => format!("CAST({column} AS TEXT) COLLATE BINARY"),
+            // A text column's nondeterministic collation (an ICU one
+            // ignoring case or accents) would call `ACME` and `acme` equal:
+            // "C" compares the bytes.
+            (Dialect::Postgres, _) => format!("CAST({column} AS text) COLLATE \"C\""),
         }
     }
 
@@ -222,13 +228,20 @@ impl Parts {
     /// The condition that selects the row of the key in `column`. On
     /// PostgreSQL, `column = CAST($1 AS <the family's type>)`: a key of a
     /// family the column cannot be compared with is PostgreSQL's type
-    /// error, not a conversion. On MySQL and SQLite, `column = ?` (which
+    /// error, not a conversion; a text key is also compared byte for byte
+    /// (a filter on the rows the index found), as a column may have a
+    /// nondeterministic collation. On MySQL and SQLite, `column = ?` (which
     /// keeps the index) and the exact comparison of the text forms: MySQL
     /// finds row 7 for `'7abc'`, and a case- or pad-insensitive
     /// collation finds `ACME` for `acme `; SQLite finds INTEGER 7 for
     /// `'07'`, `' 7'` and `'7.0'`. Binds the key twice there.
     fn key_is(&self, column: &str) -> String {
         match self.d {
+            Dialect::Postgres if self.family == Family::Text => format!(
+                "{column} = {param} AND {} = {param}",
+                self.exact(column),
+                param = self.param()
+            ),
             Dialect::Postgres => format!("{column} = {}", self.param()),
             Dialect::MySql | Dialect::Sqlite => format!(
                 "{column} = ? AND {} = {}",
@@ -326,10 +339,21 @@ impl Parts {
             ..
         } = self;
         let keys = format!("CAST($1 AS {}[])", self.family.postgres());
+        // A text key is compared byte for byte too, in the read and in the
+        // joins of the answer (see `key_is`).
+        let (exact_read, exact_prev, exact_upd) = if self.family == Family::Text {
+            (
+                format!(" AND {} = ANY({keys})", self.exact(key)),
+                format!(" AND {} = u.k", self.exact("prev.k")),
+                format!(" AND {} = u.k", self.exact("upd.k")),
+            )
+        } else {
+            Default::default()
+        };
         let mut sql = format!(
             "WITH u AS (SELECT k, ord, min(ord) OVER (PARTITION BY k) AS first \
              FROM unnest({keys}) WITH ORDINALITY AS x(k, ord)), \
-             prev AS (SELECT {key} AS k, {col} AS s FROM {tbl} WHERE {key} = ANY({keys})), \
+             prev AS (SELECT {key} AS k, {col} AS s FROM {tbl} WHERE {key} = ANY({keys}){exact_read}), \
              upd AS (UPDATE {tbl} SET {set} FROM prev WHERE {tbl}.{key} = prev.k \
              AND {tbl}.{col} = prev.s AND prev.s IN ({sources}) \
              AND NOT EXISTS (SELECT 1 FROM prev AS p \
@@ -349,8 +373,8 @@ impl Parts {
             " SELECT CASE WHEN u.ord = 1 THEN {} END AS tag, u.ord, \
              CAST(prev.s AS TEXT) AS before, \
              (upd.k IS NOT NULL AND u.ord = u.first) AS applied, prev.k IS NOT NULL AS found \
-             FROM u LEFT JOIN prev ON prev.k = u.k LEFT JOIN upd ON upd.k = u.k \
-             ORDER BY u.ord",
+             FROM u LEFT JOIN prev ON prev.k = u.k{exact_prev} \
+             LEFT JOIN upd ON upd.k = u.k{exact_upd} ORDER BY u.ord",
             literal(&self.tag("many"))
         ));
         sql
@@ -758,7 +782,8 @@ mod tests {
             s.current,
             format!(
                 "SELECT '{}' AS tag, CAST(t.\"status\" AS TEXT) AS state, t.\"id\" IS NOT NULL AS found \
-                 FROM (SELECT 1) AS one LEFT JOIN \"invoices\" AS t ON t.\"id\" = CAST($1 AS text)",
+                 FROM (SELECT 1) AS one LEFT JOIN \"invoices\" AS t ON t.\"id\" = CAST($1 AS text) \
+                 AND CAST(t.\"id\" AS text) COLLATE \"C\" = CAST($1 AS text)",
                 tag(Dialect::Postgres, &table, &t, "current")
             )
         );
@@ -899,9 +924,9 @@ mod tests {
             s.apply_from,
             [
                 "UPDATE \"invoices\" SET \"status\" = 'void' WHERE \"id\" = ? AND \
-                 CAST(\"id\" AS TEXT) = CAST(? AS TEXT) AND \"status\" = 'draft'",
+                 CAST(\"id\" AS TEXT) COLLATE BINARY = CAST(? AS TEXT) AND \"status\" = 'draft'",
                 "UPDATE \"invoices\" SET \"status\" = 'void' WHERE \"id\" = ? AND \
-                 CAST(\"id\" AS TEXT) = CAST(? AS TEXT) AND \"status\" = 'issued'",
+                 CAST(\"id\" AS TEXT) COLLATE BINARY = CAST(? AS TEXT) AND \"status\" = 'issued'",
             ]
         );
         assert_eq!(
@@ -915,7 +940,7 @@ mod tests {
         assert_eq!(
             read.parts[1],
             ") SELECT u.ord, CAST(t.\"status\" AS TEXT) FROM u JOIN \"invoices\" AS t \
-             ON t.\"id\" = u.k AND CAST(t.\"id\" AS TEXT) = CAST(u.k AS TEXT)"
+             ON t.\"id\" = u.k AND CAST(t.\"id\" AS TEXT) COLLATE BINARY = CAST(u.k AS TEXT)"
         );
     }
 

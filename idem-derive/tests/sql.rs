@@ -78,7 +78,8 @@ fn postgres_reports_before_and_applied_and_writes_history_in_one_statement() {
         format!(
             "WITH u AS (SELECT k, ord, min(ord) OVER (PARTITION BY k) AS first \
              FROM unnest(CAST($1 AS text[])) WITH ORDINALITY AS x(k, ord)), \
-             prev AS (SELECT \"id\" AS k, \"status\" AS s FROM \"billing\".\"invoices\" WHERE \"id\" = ANY(CAST($1 AS text[]))), \
+             prev AS (SELECT \"id\" AS k, \"status\" AS s FROM \"billing\".\"invoices\" WHERE \"id\" = ANY(CAST($1 AS text[])) \
+             AND CAST(\"id\" AS text) COLLATE \"C\" = ANY(CAST($1 AS text[]))), \
              upd AS (UPDATE \"billing\".\"invoices\" SET \"paid_at\" = CURRENT_TIMESTAMP, \"status\" = 'paid' \
              FROM prev WHERE \"billing\".\"invoices\".\"id\" = prev.k AND \"billing\".\"invoices\".\"status\" = prev.s \
              AND prev.s IN ('issued') \
@@ -88,8 +89,8 @@ fn postgres_reports_before_and_applied_and_writes_history_in_one_statement() {
              SELECT CAST(k AS TEXT), 'pay', CAST(s AS TEXT), 'paid' FROM upd) \
              SELECT CASE WHEN u.ord = 1 THEN '{}' END AS tag, u.ord, CAST(prev.s AS TEXT) AS before, \
              (upd.k IS NOT NULL AND u.ord = u.first) AS applied, prev.k IS NOT NULL AS found \
-             FROM u LEFT JOIN prev ON prev.k = u.k LEFT JOIN upd ON upd.k = u.k \
-             ORDER BY u.ord",
+             FROM u LEFT JOIN prev ON prev.k = u.k AND CAST(prev.k AS text) COLLATE \"C\" = u.k \
+             LEFT JOIN upd ON upd.k = u.k AND CAST(upd.k AS text) COLLATE \"C\" = u.k ORDER BY u.ord",
             many.tag.unwrap()
         )
     );
@@ -176,7 +177,7 @@ fn mysql_guards_on_key_and_sources_and_reads_with_a_lock() {
 
 #[test]
 fn sqlite_has_a_compare_and_set_per_source_for_multi_source_transitions() {
-    let exact = "CAST(\"id\" AS TEXT) = CAST(? AS TEXT)";
+    let exact = "CAST(\"id\" AS TEXT) COLLATE BINARY = CAST(? AS TEXT)";
     let pay = sql(Invoice::pay(), Dialect::Sqlite);
     assert_eq!(
         pay.apply.get(KeyFamily::Integer),
@@ -215,7 +216,8 @@ fn sqlite_has_a_compare_and_set_per_source_for_multi_source_transitions() {
     assert_eq!(
         batch(read.parts, 3, &lists),
         "WITH u(ord, k) AS (VALUES (0, ?), (1, ?), (2, ?)) SELECT u.ord, CAST(t.\"status\" AS TEXT) FROM u \
-         JOIN \"billing\".\"invoices\" AS t ON t.\"id\" = u.k AND CAST(t.\"id\" AS TEXT) = CAST(u.k AS TEXT)"
+         JOIN \"billing\".\"invoices\" AS t ON t.\"id\" = u.k \
+         AND CAST(t.\"id\" AS TEXT) COLLATE BINARY = CAST(u.k AS TEXT)"
     );
 }
 

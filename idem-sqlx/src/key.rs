@@ -76,17 +76,20 @@ impl KeyValue<'_> {
 /// How a key meets the key column, by backend:
 ///
 /// - **PostgreSQL** compares the column with the key cast to its family's
-///   type (`int8`, `text`, `uuid`). A family the column's type cannot be
-///   compared with (a `&str` key on a `BIGINT` column, an `i64` on a
-///   `TEXT` one) is [`Error::KeyType`](crate::Error::KeyType), never a
-///   conversion.
+///   type (`int8`, `text`, `uuid`), a text key byte for byte whatever the
+///   column's collation. A family the column's type cannot be compared
+///   with (a `&str` key on a `BIGINT` column, an `i64` on a `TEXT` one) is
+///   [`Error::KeyType`](crate::Error::KeyType), never a conversion.
 /// - **MySQL/MariaDB and SQLite** select the row by `key = ?` and by the
 ///   exact bytes of both text forms: the row must hold exactly the key
 ///   (`7` for `7`, `07` only for `"07"`), whatever the column's type and
 ///   collation. A key that merely converts to the row's value (`"7abc"`,
 ///   `"07"`, `" 7"` or `"7.0"` against an integer 7) or that a collation
 ///   calls equal (`"ACME"` or `"acme "` against `acme`) finds no row:
-///   [`Outcome::NotFound`](idem_core::Outcome::NotFound).
+///   [`Outcome::NotFound`](idem_core::Outcome::NotFound). A column whose
+///   text form of a value is not the key's (`7.00` in a `DECIMAL(10,2)`,
+///   `7.0` in a SQLite `REAL`) finds no row for the integer 7 either:
+///   give such a table a key column of the key's type.
 pub trait Key<DB: Backend>: Eq + Hash + Send + Sync {
     /// The key as idem binds it.
     fn value(&self) -> KeyValue<'_>;

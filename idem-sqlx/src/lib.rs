@@ -80,9 +80,14 @@
 //!   their text forms are the same bytes. MySQL compares a text column in
 //!   utf8mb4 (a `latin1` column's `ácme` is found by the key `ácme`), and
 //!   a UUID column as its bytes.
+//!   SQLite compares bytes under any collation of the column (`NOCASE`,
+//!   `RTRIM`).
 //! - **PostgreSQL** compares the column with the key cast to its family's
 //!   type; a family it cannot compare with the column (a `&str` key on a
-//!   `BIGINT` column) is [`Error::KeyType`], never a conversion. Every
+//!   `BIGINT` column) is [`Error::KeyType`], never a conversion. A text
+//!   key is also compared byte for byte (`COLLATE "C"`), as a column with
+//!   a nondeterministic collation (an ICU one ignoring case) would find
+//!   `ACME` for `acme`. Every
 //!   integer width binds as `int8` and shares one statement; text and UUID
 //!   keys have statements of their own, so sqlx's statement cache (by SQL
 //!   text, with the parameter types of the first call) never sends a key
