@@ -102,11 +102,12 @@ impl<T> PerFamily<T> {
 pub struct Keyed {
     /// The statement for each key family. On PostgreSQL the key is
     /// `$1`, cast to the family's type (`CAST($1 AS int8)`, `... AS text`,
-    /// `... AS uuid`; arrays of them in a batch). On MySQL and SQLite each
-    /// `?` binds the key: the row is selected by `key = ?` (which keeps
-    /// the index) and by a byte-exact comparison of the two text forms
-    /// beside it, which a string never passes for a number it merely
-    /// converts to, nor a collation's equal for a different value.
+    /// `... AS uuid`; arrays of them in a batch), and a text key is also
+    /// compared under `COLLATE "C"`. On MySQL and SQLite each `?` binds
+    /// the key: the row is selected by `key = ?` (which keeps the index)
+    /// and by a byte-exact comparison of the two text forms beside it,
+    /// which a string never passes for a number it merely converts to, nor
+    /// a collation's equal for a different value.
     pub text: PerFamily<&'static str>,
     /// How many times the statement binds the key (every `?` on MySQL
     /// and SQLite; PostgreSQL's `$1` is bound once however often it
