@@ -1,7 +1,7 @@
 //! Identifiers compare byte for byte beyond idem's key and inbox tables
 //! (tested in `keys.rs` and `inbox.rs`): a history table's `entity_key` on
-//! every backend, and what the key column of a state machine's own table
-//! must be on MySQL/MariaDB, a table idem does not create.
+//! every backend, and the key column of a state machine's own table on
+//! MySQL/MariaDB, a table idem does not create, whatever its collation.
 
 mod common;
 mod transitions_support;
@@ -100,15 +100,83 @@ macro_rules! on_every_backend {
     };
 }
 
-on_every_backend!(history_rows_of_keys_differing_only_in_case_space_or_accents_stay_apart);
+/// The key column of your own table with a collation that ignores case
+/// (SQLite `NOCASE`, PostgreSQL's nondeterministic ICU collations, MySQL
+/// `_ci`) or trailing spaces (SQLite `RTRIM`): a key finds only the row
+/// holding exactly its bytes — `acme` and `acme ` find no row of `ACME`,
+/// alone or in a batch beside `ACME`, which moves.
+async fn a_key_column_collation_that_ignores_case_or_spaces_finds_only_the_keys_own_row<DB: Db>(
+    pool: Pool<DB>,
+) where
+    String: Key<DB>,
+{
+    let columns: &[&str] = match DB::BACKEND {
+        "postgres" => {
+            DB::exec(
+                &pool,
+                "CREATE COLLATION ci (provider = icu, locale = 'und-u-ks-level2', \
+                 deterministic = false)",
+            )
+            .await;
+            &["text COLLATE ci"]
+        }
+        "mysql" => &["VARCHAR(64) COLLATE utf8mb4_general_ci"],
+        _ => &["TEXT COLLATE NOCASE", "TEXT COLLATE RTRIM"],
+    };
+    assert!(history::install::<Account, DB>(&pool).await.unwrap());
+    let frozen = Outcome::Applied {
+        from: Account::Open,
+        to: Account::Frozen,
+    };
+    for column in columns {
+        DB::exec(&pool, "DROP TABLE IF EXISTS accounts").await;
+        let table = format!(
+            "CREATE TABLE accounts (code {column} PRIMARY KEY, state VARCHAR(16) NOT NULL)"
+        );
+        DB::exec(&pool, &table).await;
+        DB::exec(
+            &pool,
+            "INSERT INTO accounts (code, state) VALUES ('ACME', 'open')",
+        )
+        .await;
+        for other in ["acme", "Acme", "ACME "] {
+            for t in [Account::freeze(), Account::close()] {
+                let found = t.apply(&pool, other.to_owned()).await.unwrap();
+                assert_eq!(found, Outcome::NotFound, "{column} {} {other:?}", t.name());
+            }
+        }
+        let many = Account::freeze()
+            .apply_many(
+                &pool,
+                &["acme".to_owned(), "ACME".to_owned(), "ACME ".to_owned()],
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            many,
+            [Outcome::NotFound, frozen, Outcome::NotFound],
+            "{column}"
+        );
+        let state = DB::text(&pool, "SELECT state FROM accounts").await;
+        assert_eq!(state.as_deref(), Some("frozen"), "{column}");
+    }
+}
 
-/// The hazard the docs of `idem_sqlx` describe: idem cannot change the
-/// key column of your own table, and on MySQL a text key column compares
-/// with its collation. With the default (`_ci`), `apply` of `acme` moves
-/// the row of `ACME`; with `utf8mb4_bin` (PAD SPACE), `apply` of `acme `
-/// moves the row of `acme`. With `VARBINARY` each finds only its own row.
+on_every_backend!(
+    history_rows_of_keys_differing_only_in_case_space_or_accents_stay_apart,
+    a_key_column_collation_that_ignores_case_or_spaces_finds_only_the_keys_own_row,
+);
+
+/// The key column of your own table on MySQL, whatever its collation:
+/// idem selects the row by `key = ?` and by the exact bytes of both text
+/// forms, so under the default `utf8mb4_general_ci` `apply` of `acme`
+/// finds no row of `ACME`, under `utf8mb4_bin` (PAD SPACE) `acme ` none of
+/// `acme`; a `latin1` column still finds its `ácme` for the key `ácme`
+/// (its value is converted to utf8mb4 before the comparison), and
+/// `VARBINARY` finds each key's own row. Through `apply` (one source and
+/// several) and `apply_many`.
 #[tokio::test]
-async fn a_text_key_column_lets_a_transition_move_another_keys_row_on_mysql() {
+async fn a_text_key_column_of_any_collation_finds_only_the_keys_own_row_on_mysql() {
     let Some(pool) = common::mysql(2).await else {
         return;
     };
@@ -139,21 +207,47 @@ async fn a_text_key_column_lets_a_transition_move_another_keys_row_on_mysql() {
         from: Account::Open,
         to: Account::Frozen,
     };
+    let not_found = |others: &'static [&'static str]| {
+        let pool = pool.clone();
+        async move {
+            for other in others {
+                for t in [Account::freeze(), Account::close()] {
+                    let found = t.apply(&pool, other.to_string()).await.unwrap();
+                    assert_eq!(found, Outcome::NotFound, "{} {other:?}", t.name());
+                    let many = t.apply_many(&pool, &[other.to_string()]).await.unwrap();
+                    assert_eq!(many, [Outcome::NotFound], "{} {other:?}", t.name());
+                }
+            }
+        }
+    };
 
     recreate("VARCHAR(64) COLLATE utf8mb4_general_ci", "ACME").await;
-    let moved = Account::freeze().apply(&pool, "acme".to_owned()).await;
-    assert_eq!(moved.unwrap(), frozen, "`acme` moved the row of `ACME`");
-    assert_eq!(state("ACME").await, "frozen");
+    not_found(&["acme", "ACME ", "\u{c1}CME", "acm\u{e9}"]).await;
+    assert_eq!(state("ACME").await, "open");
+    let own = Account::freeze().apply(&pool, "ACME".to_owned()).await;
+    assert_eq!(own.unwrap(), frozen);
 
     recreate("VARCHAR(64) COLLATE utf8mb4_bin", "acme").await;
-    let moved = Account::freeze().apply(&pool, "acme ".to_owned()).await;
-    assert_eq!(moved.unwrap(), frozen, "`acme ` moved the row of `acme`");
+    not_found(&["acme ", "acme  "]).await;
+    assert_eq!(state("acme").await, "open");
+    let own = Account::freeze()
+        .apply_many(&pool, &["acme".to_owned()])
+        .await;
+    assert_eq!(own.unwrap(), [frozen]);
+
+    recreate("VARCHAR(64) CHARACTER SET latin1", "\u{e1}cme").await;
+    not_found(&["acme", "\u{c1}CME"]).await;
+    let own = Account::close().apply(&pool, "\u{e1}cme".to_owned()).await;
+    assert_eq!(
+        own.unwrap(),
+        Outcome::Applied {
+            from: Account::Open,
+            to: Account::Closed
+        }
+    );
 
     recreate("VARBINARY(64)", "ACME").await;
-    for other in ["acme", "ACME ", "\u{c1}CME"] {
-        let found = Account::freeze().apply(&pool, other.to_owned()).await;
-        assert_eq!(found.unwrap(), Outcome::NotFound, "{other:?}");
-    }
+    not_found(&["acme", "ACME ", "\u{c1}CME"]).await;
     assert_eq!(state("ACME").await, "open");
     let own = Account::freeze().apply(&pool, "ACME".to_owned()).await;
     assert_eq!(own.unwrap(), frozen);

@@ -565,8 +565,13 @@ async fn insert_records<DB: KeysDb>(
 }
 
 /// Statements of `recorded` that were `DELETE`s.
+/// The purge statements among `recorded`: `DELETE`s, which PostgreSQL's
+/// wrap in a `WITH` that answers with their tag and count.
 fn deletes(recorded: Vec<String>) -> usize {
-    recorded.iter().filter(|s| s.as_str() == "DELETE").count()
+    recorded
+        .iter()
+        .filter(|s| matches!(s.as_str(), "DELETE" | "WITH"))
+        .count()
 }
 
 /// A backlog of 25,000 completed and 1,500 abandoned records past the

@@ -436,9 +436,9 @@ where
 }
 
 /// Batches one key below, at and above the most keys one statement could
-/// bind (SQLite 32,766, MySQL 32,767 as the read binds each key twice,
-/// PostgreSQL 65,535 although its batch binds one array): each outcome as
-/// if applied alone.
+/// bind (SQLite 16,383 as the batch `UPDATE` binds each key twice, MySQL
+/// 21,845 as the read binds each key three times, PostgreSQL 65,535
+/// although its batch binds one array): each outcome as if applied alone.
 async fn batches_around_the_bind_parameter_limit_get_each_outcome_as_if_applied_alone<DB: Db>(
     pool: Pool<DB>,
 ) where
@@ -1103,30 +1103,8 @@ async fn mysql_schema_qualified_tables_install_and_apply() {
 
 // ---- every case on every backend -------------------------------------------
 
-macro_rules! suite {
-    ($($case:ident),* $(,)?) => {
-        backend!(sqlite, sqlx::Sqlite: $($case),*);
-        backend!(postgres, sqlx::Postgres: $($case),*);
-        backend!(mysql, sqlx::MySql: $($case),*);
-    };
-}
-
-macro_rules! backend {
-    ($backend:ident, $db:ty: $($case:ident),*) => {
-        mod $backend {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $case() {
-                    if let Some(pool) = <$db as super::Db>::pool(4).await {
-                        super::$case::<$db>(pool).await;
-                    }
-                }
-            )*
-        }
-    };
-}
-
-suite!(
+transitions_support::every_backend!(
+    4;
     a_null_state_is_null_state_on_every_single_row_path,
     a_batch_with_a_null_state_fails_whole_with_nothing_moved,
     an_empty_state_is_an_unknown_state_on_every_path,

@@ -47,6 +47,8 @@ mod transition;
 pub use change::Change;
 pub use error::{Error, Excerpt};
 pub use outcome::Outcome;
-pub use sql::{Dialect, DialectSql, TransitionSql};
+pub use sql::{
+    BatchSql, Dialect, DialectSql, KeyFamily, Keyed, List, ManySql, PerFamily, TransitionSql,
+};
 pub use state::{State, Table};
 pub use transition::Transition;

@@ -191,7 +191,9 @@ fn transition(machine: &Machine<'_>, table: Option<&Binding>, edge: &Edge<'_>) -
                 .iter()
                 .map(|s| s.value.clone())
                 .collect::<Vec<_>>();
+            let machine_name = machine.name();
             let table = TableSpec {
+                machine: &machine_name,
                 name: &binding.name,
                 column: &binding.column,
                 key: &binding.key,

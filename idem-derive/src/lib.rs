@@ -6,7 +6,7 @@
 //! below depends on `idem-core` directly, which the derive also supports:
 //!
 //! ```
-//! use idem_core::{Dialect, State};
+//! use idem_core::{Dialect, KeyFamily, State};
 //! use idem_derive::StateMachine;
 //!
 //! #[derive(StateMachine, Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -34,7 +34,8 @@
 //!
 //! // The SQL is a constant: nothing is formatted at run time.
 //! let sql = pay.sql_for(Dialect::Sqlite).unwrap();
-//! assert!(sql.apply.starts_with("UPDATE \"invoices\" SET \"status\" = 'paid'"));
+//! let update = sql.apply.get(KeyFamily::Integer);
+//! assert!(update.starts_with("UPDATE \"invoices\" SET \"status\" = 'paid'"));
 //! assert!(InvoiceStatus::mermaid().contains("Issued --> Paid: pay"));
 //! ```
 

@@ -1,7 +1,7 @@
 use futures::future::BoxFuture;
 use idem_core::{Dialect, DialectSql, Outcome, State, Transition};
 
-use crate::{Error, Key};
+use crate::{Error, Key, KeyValue};
 
 /// What a database error means to idem's retry and insert logic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,6 +54,14 @@ pub trait Backend: sqlx::Database {
     /// transaction it owns, in case the server ended that transaction.
     #[doc(hidden)]
     const ROLLBACK_NEEDS_TRANSACTION: bool;
+
+    /// Adds a key to a statement's arguments with its family's type
+    /// (`i64`, `&str`, `uuid::Uuid`).
+    #[doc(hidden)]
+    fn bind_key<'q>(
+        args: &mut Self::Arguments<'q>,
+        value: KeyValue<'q>,
+    ) -> Result<(), sqlx::error::BoxDynError>;
 
     /// Runs a script without parameters: one statement, or several
     /// separated by `;` (schema installation).

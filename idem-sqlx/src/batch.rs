@@ -1,7 +1,8 @@
 //! `apply_many` on MySQL/MariaDB and SQLite: the one place where idem
 //! assembles SQL at run time, and only the placeholder lists of a batch
-//! (MySQL: `WHEN ? THEN 0 ...`, `IN (?, ?, ...)`; SQLite: `VALUES (0, ?),
-//! (1, ?), ...`) around compiled fragments.
+//! (MySQL: `WHEN CAST(? AS BINARY) THEN 0 ...`, `IN (?, ?, ...)`; SQLite:
+//! `VALUES (0, ?), (1, ?), ...`) around compiled fragments
+//! ([`BatchSql`]), the key family's.
 //!
 //! It runs inside a transaction idem owns (retried on deadlocks): locking
 //! reads of the batch (MySQL: `LOCK IN SHARE MODE`; SQLite: the
@@ -20,12 +21,14 @@
 //! anything moved. A key given again gets its first occurrence's outcome
 //! (`AlreadyApplied` when that one moved the row), wherever the two stand.
 
+use std::fmt::Write as _;
+
 use futures::future::BoxFuture;
-use idem_core::{Dialect, DialectSql, Outcome, State, Transition};
+use idem_core::{BatchSql, DialectSql, KeyFamily, ManySql, Outcome, PerFamily, State, Transition};
 use sqlx::{ColumnIndex, Database, Executor, IntoArguments};
 
 use crate::backend::{db_error, state_of};
-use crate::key::repeats;
+use crate::key::{mixed_families, repeats};
 use crate::{Backend, Error, Key};
 
 /// What the batch read found for one key.
@@ -48,26 +51,55 @@ pub(crate) type History<DB, K> = for<'c> fn(
     &'c K,
 ) -> BoxFuture<'c, Result<(), Error>>;
 
-fn placeholders(n: usize) -> String {
-    vec!["?"; n].join(", ")
+/// The statement of `batch` for `n` keys: each list's item `n` times,
+/// `#` replaced by the key's position in the chunk.
+fn assemble(batch: &BatchSql, n: usize) -> String {
+    let mut text = String::from(batch.parts.first().copied().unwrap_or_default());
+    for (list, part) in batch.lists.iter().zip(batch.parts.iter().skip(1)) {
+        for i in 0..n {
+            if i > 0 {
+                text.push_str(list.separator);
+            }
+            for (j, piece) in list.item.split('#').enumerate() {
+                if j > 0 {
+                    let _ = write!(text, "{i}");
+                }
+                text.push_str(piece);
+            }
+        }
+        text.push_str(part);
+    }
+    text
 }
 
-/// The arguments binding `keys[i]` for each `i` of `positions`, once or
-/// `times` times over.
+/// The arguments of `batch` for the keys at `positions`: every list binds
+/// each key once, in the chunk's order.
 fn bind<'q, DB: Backend, K: Key<DB>>(
+    batch: &BatchSql,
     keys: &'q [K],
     positions: &[usize],
-    times: usize,
 ) -> Result<DB::Arguments<'q>, Error> {
     let mut args = DB::Arguments::default();
-    for _ in 0..times {
+    for _ in batch.lists {
         for &i in positions {
-            keys[i]
-                .add_to(&mut args)
+            DB::bind_key(&mut args, keys[i].value())
                 .map_err(|e| Error::Database(sqlx::Error::Encode(e)))?;
         }
     }
     Ok(args)
+}
+
+/// The chunked statements of a dialect that batches in chunks.
+fn chunked(
+    sql: &'static DialectSql,
+) -> Result<(&'static PerFamily<BatchSql>, &'static [PerFamily<BatchSql>]), Error> {
+    match &sql.many {
+        ManySql::Chunked { read, from } => Ok((read, from)),
+        ManySql::Whole(_) => Err(Error::Database(sqlx::Error::Protocol(
+            "this backend batches in chunks, and the batch was compiled as one statement"
+                .to_owned(),
+        ))),
+    }
 }
 
 /// Applies `transition` to every key, binding at most `chunk` keys per
@@ -90,11 +122,20 @@ where
     i64: sqlx::Type<DB> + for<'r> sqlx::Decode<'r, DB>,
     String: sqlx::Type<DB> + for<'r> sqlx::Decode<'r, DB>,
 {
+    let Some(first) = keys.first() else {
+        return Ok(Vec::new());
+    };
+    let family = first.value().family();
+    if keys.iter().any(|k| k.value().family() != family) {
+        return Err(mixed_families());
+    }
+    let (read_sql, from_sql) = chunked(sql)?;
     let repeats = repeats(keys);
     let distinct: Vec<usize> = (0..keys.len()).filter(|&i| repeats[i].is_none()).collect();
     let mut states: Vec<Option<S>> = vec![None; keys.len()];
     for positions in distinct.chunks(chunk) {
-        read::<DB, S, K>(conn, transition, sql, keys, positions, &mut states).await?;
+        let batch = read_sql.get(family);
+        read::<DB, S, K>(conn, transition, batch, keys, positions, &mut states).await?;
     }
     let slots: Vec<Slot<S>> = repeats
         .iter()
@@ -113,7 +154,15 @@ where
             }
         })
         .collect();
-    write::<DB, S, K>(conn, transition, sql, keys, &slots, chunk, history).await?;
+    let write_sql = Write {
+        transition,
+        sql,
+        from: from_sql,
+        family,
+        chunk,
+        history,
+    };
+    write_sql.run(conn, keys, &slots).await?;
     Ok(outcomes(transition, &slots))
 }
 
@@ -122,7 +171,7 @@ where
 async fn read<'c, DB, S, K>(
     conn: &'c mut DB::Connection,
     transition: &'static Transition<S>,
-    sql: &'static DialectSql,
+    batch: &'static BatchSql,
     keys: &[K],
     positions: &[usize],
     states: &mut [Option<S>],
@@ -138,23 +187,8 @@ where
     String: sqlx::Type<DB> + for<'r> sqlx::Decode<'r, DB>,
 {
     let n = positions.len();
-    let mut text = String::from(sql.many[0]);
-    let args = if DB::DIALECT == Dialect::Sqlite {
-        // `WITH u(ord, k) AS (VALUES (0, ?), (1, ?), ...) SELECT ... JOIN`
-        let rows: Vec<String> = (0..n).map(|i| format!("({i}, ?)")).collect();
-        text.push_str(&rows.join(", "));
-        text.push_str(sql.many[1]);
-        bind::<DB, K>(keys, positions, 1)?
-    } else {
-        // `SELECT CASE key WHEN ? THEN 0 ... END, state ... WHERE key IN (?, ...)`
-        for i in 0..n {
-            text.push_str(&format!(" WHEN ? THEN {i}"));
-        }
-        text.push_str(sql.many[1]);
-        text.push_str(&placeholders(n));
-        text.push_str(sql.many[2]);
-        bind::<DB, K>(keys, positions, 2)?
-    };
+    let text = assemble(batch, n);
+    let args = bind::<DB, K>(batch, keys, positions)?;
     let rows: Vec<(i64, Option<String>)> = sqlx::query_as_with(&text, args)
         .fetch_all(&mut *conn)
         .await
@@ -174,48 +208,55 @@ where
     Ok(())
 }
 
-/// One compare-and-set `UPDATE` per source group (per `chunk` keys of
-/// it), then the history rows of its keys.
-async fn write<'c, DB, S, K>(
-    conn: &'c mut DB::Connection,
+/// The writes of a batch: what [`Write::run`] needs besides the keys.
+struct Write<DB: Backend, S: 'static, K> {
     transition: &'static Transition<S>,
     sql: &'static DialectSql,
-    keys: &[K],
-    slots: &[Slot<S>],
+    from: &'static [PerFamily<BatchSql>],
+    family: KeyFamily,
     chunk: usize,
     history: History<DB, K>,
-) -> Result<(), Error>
-where
-    DB: Backend,
-    S: State,
-    K: Key<DB>,
-    for<'e> &'e mut DB::Connection: Executor<'e, Database = DB>,
-    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
-{
-    for (index, head) in sql.many_from.iter().enumerate() {
-        let group: Vec<usize> = (0..slots.len())
-            .filter(|&i| slots[i] == Slot::Move(index))
-            .collect();
-        for members in group.chunks(chunk) {
-            let text = format!("{head}{})", placeholders(members.len()));
-            let done = sqlx::query_with(&text, bind::<DB, K>(keys, members, 1)?)
-                .execute(&mut *conn)
-                .await
-                .map_err(db_error::<DB>)?;
-            let affected = DB::rows_affected(&done);
-            if affected != members.len() as u64 {
-                return Err(Error::Database(sqlx::Error::Protocol(format!(
-                    "the batch update of `{}` matched {affected} of {} locked rows",
-                    transition.name(),
-                    members.len()
-                ))));
-            }
-            for &i in members {
-                history(&mut *conn, sql, index, &keys[i]).await?;
+}
+
+impl<DB: Backend, S: State, K: Key<DB>> Write<DB, S, K> {
+    /// One compare-and-set `UPDATE` per source group (per `chunk` keys of
+    /// it), then the history rows of its keys.
+    async fn run<'c>(
+        &self,
+        conn: &'c mut DB::Connection,
+        keys: &[K],
+        slots: &[Slot<S>],
+    ) -> Result<(), Error>
+    where
+        for<'e> &'e mut DB::Connection: Executor<'e, Database = DB>,
+        for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
+    {
+        for (index, from) in self.from.iter().enumerate() {
+            let batch = from.get(self.family);
+            let group: Vec<usize> = (0..slots.len())
+                .filter(|&i| slots[i] == Slot::Move(index))
+                .collect();
+            for members in group.chunks(self.chunk) {
+                let text = assemble(batch, members.len());
+                let done = sqlx::query_with(&text, bind::<DB, K>(batch, keys, members)?)
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(db_error::<DB>)?;
+                let affected = DB::rows_affected(&done);
+                if affected != members.len() as u64 {
+                    return Err(Error::Database(sqlx::Error::Protocol(format!(
+                        "the batch update of `{}` matched {affected} of {} locked rows",
+                        self.transition.name(),
+                        members.len()
+                    ))));
+                }
+                for &i in members {
+                    (self.history)(&mut *conn, self.sql, index, &keys[i]).await?;
+                }
             }
         }
+        Ok(())
     }
-    Ok(())
 }
 
 /// The outcome of every key once the writes are done.

@@ -134,6 +134,69 @@ pub enum Error {
         /// How many rounds ran.
         rounds: u32,
     },
+
+    /// PostgreSQL answered a statement of idem's with the result of
+    /// another statement (another tag, or no row where one always comes
+    /// back), or with an error that only a misrouted named prepared
+    /// statement gives ("prepared statement ... does not exist" or
+    /// "already exists", a bind message for another statement's
+    /// parameters). A named prepared statement ran on a server connection
+    /// where its name means another statement: a pooler in transaction
+    /// mode hands each transaction (and each statement outside one) to any
+    /// server connection. Nothing the answer says is used; a transaction
+    /// idem owns is rolled back. Behind such a pooler, use
+    /// [`Protocol::Simple`](crate::Protocol::Simple).
+    #[error(
+        "PostgreSQL answered idem's statement {expected} as another statement ({}): a named \
+         prepared statement ran on a server connection where its name means another statement, \
+         as happens behind a pooler in transaction mode (PgBouncer's pool_mode = transaction). \
+         A transaction idem owned was rolled back, but a statement sent outside a transaction \
+         (`apply` on a pool) may have run the other statement. Behind such a pooler call \
+         `idem_sqlx::postgres::set_protocol(Protocol::Simple)` at start-up (or use session \
+         pooling)",
+        idem_core::Excerpt(.found)
+    )]
+    Misrouted {
+        /// The statement idem sent (its tag).
+        expected: &'static str,
+        /// What came back instead: another tag, a driver error, "no row".
+        found: String,
+    },
+
+    /// PostgreSQL cannot compare the key column of a state machine's table
+    /// with a key of this Rust type (a `&str` key on a `BIGINT` column, an
+    /// `i64` on a `TEXT` one): the key's family has no comparison with the
+    /// column's type. Nothing was written.
+    #[error(
+        "`{transition}` was given a key of Rust type `{key_type}` ({} key), which PostgreSQL \
+         cannot compare with the key column `{column}` of `{table}`: pass the key as the Rust type \
+         of the column (an integer type for an integer column, `String` or `&str` for a text \
+         column, `uuid::Uuid` for a uuid column): {source}",
+        .family.name()
+    )]
+    KeyType {
+        /// The transition.
+        transition: &'static str,
+        /// The table.
+        table: &'static str,
+        /// Its key column.
+        column: &'static str,
+        /// The key's Rust type (`std::any::type_name`).
+        key_type: &'static str,
+        /// The key's family.
+        family: idem_core::KeyFamily,
+        /// PostgreSQL's error (42883, an operator that does not exist).
+        #[source]
+        source: sqlx::Error,
+    },
+
+    /// A text value idem was to send to PostgreSQL holds a NUL character
+    /// (U+0000), which PostgreSQL text cannot hold. Nothing was sent.
+    #[error("{what} holds a NUL character (U+0000), which PostgreSQL text cannot hold: remove it")]
+    Nul {
+        /// What holds it: "the key", "the scope", ...
+        what: &'static str,
+    },
 }
 
 impl Error {

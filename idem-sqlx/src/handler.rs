@@ -16,6 +16,12 @@ use crate::{Backend, Key};
 /// attempt were rolled back with it, so running it again is safe as long
 /// as its only effects are writes through `conn`.
 ///
+/// Behind a pooler in transaction mode (PostgreSQL; see
+/// `idem_sqlx::postgres`), send the handler's statements unnamed, as
+/// below (`.persistent(false)`): inside the transaction they are parsed
+/// and run on its server connection, where a named statement cached by
+/// sqlx could outlive it and later run on another client's connection.
+///
 /// ```
 /// use async_trait::async_trait;
 /// use idem_core::{Change, State};
@@ -35,6 +41,7 @@ use crate::{Backend, Key};
 ///     ) -> Result<(), sqlx::Error> {
 ///         sqlx::query("INSERT INTO payments (invoice_id) VALUES (?)")
 ///             .bind(*change.key)
+///             .persistent(false)
 ///             .execute(conn)
 ///             .await?;
 ///         Ok(())

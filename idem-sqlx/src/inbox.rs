@@ -165,10 +165,14 @@ use sqlx::Pool;
 
 pub use idem_core::inbox::{Delivery, EventId, DEFAULT_WINDOW};
 
+#[cfg(feature = "postgres")]
+use crate::postgres::literal::Param;
+#[cfg(feature = "postgres")]
+use crate::postgres::statement::{fetch, get};
 use crate::purge::in_chunks;
 use crate::retry::{run_attempts, Attempt, Failure};
 use crate::schema::install_scripts;
-use crate::{Backend, Error, HandlerError, RetryPolicy, DEFAULT_PURGE_CHUNK};
+use crate::{Backend, Error, HandlerError, Protocol, RetryPolicy, DEFAULT_PURGE_CHUNK};
 
 /// The name of idem's inbox table.
 pub const TABLE: &str = "idem_inbox";
@@ -225,13 +229,15 @@ pub trait InboxHandler<B: Backend>: Send + Sync {
 pub trait InboxBackend: Backend {
     /// Inserts the marker unless it exists; `true` when this call inserted
     /// it. Blocks while another transaction holds an uncommitted marker for
-    /// the same (consumer, event id).
+    /// the same (consumer, event id). `protocol`: how PostgreSQL gets the
+    /// statement (ignored elsewhere).
     #[doc(hidden)]
     fn insert_marker<'c>(
         conn: &'c mut Self::Connection,
         consumer: &'c str,
         event_id: &'c str,
-    ) -> BoxFuture<'c, Result<bool, sqlx::Error>>;
+        protocol: Protocol,
+    ) -> BoxFuture<'c, Result<bool, Error>>;
 
     /// Deletes at most `limit` of the consumer's markers older than
     /// `window` by the database clock (one chunk of a purge) and returns
@@ -242,7 +248,8 @@ pub trait InboxBackend: Backend {
         consumer: &'c str,
         window: Duration,
         limit: i64,
-    ) -> BoxFuture<'c, Result<u64, sqlx::Error>>;
+        protocol: Protocol,
+    ) -> BoxFuture<'c, Result<u64, Error>>;
 
     /// Fails with [`Error::OutdatedSchema`] when the installed table's
     /// consumer or event id column does not compare byte for byte.
@@ -267,6 +274,8 @@ pub struct Inbox<B: Backend> {
     window: Duration,
     retry: RetryPolicy,
     purge_chunk: NonZeroU32,
+    /// `None`: the process-wide protocol.
+    protocol: Option<Protocol>,
 }
 
 impl<B: Backend> Clone for Inbox<B> {
@@ -277,6 +286,7 @@ impl<B: Backend> Clone for Inbox<B> {
             window: self.window,
             retry: self.retry,
             purge_chunk: self.purge_chunk,
+            protocol: self.protocol,
         }
     }
 }
@@ -297,6 +307,7 @@ impl<B: InboxBackend> Inbox<B> {
             window: DEFAULT_WINDOW,
             retry: RetryPolicy::default(),
             purge_chunk: DEFAULT_PURGE_CHUNK,
+            protocol: None,
         })
     }
 
@@ -338,6 +349,12 @@ impl<B: InboxBackend> Inbox<B> {
         &self.pool
     }
 
+    /// How the inbox's statements go to PostgreSQL: its own override,
+    /// else the process-wide setting.
+    fn protocol(&self) -> Protocol {
+        self.protocol.unwrap_or_else(crate::protocol::get)
+    }
+
     /// Processes one delivery of `event_id`: in one transaction, records the
     /// marker and runs `handler`, then commits.
     ///
@@ -366,6 +383,7 @@ impl<B: InboxBackend> Inbox<B> {
             consumer: &self.consumer,
             event_id,
             handler,
+            protocol: self.protocol(),
         };
         run_attempts(&self.pool, &self.retry, attempt).await
     }
@@ -386,6 +404,7 @@ impl<B: InboxBackend> Inbox<B> {
                 consumer: &self.consumer,
                 window: self.window.min(MAX_WINDOW),
                 limit,
+                protocol: self.protocol(),
             };
             async move {
                 run_attempts(&self.pool, &self.retry, attempt)
@@ -400,11 +419,28 @@ impl<B: InboxBackend> Inbox<B> {
     }
 }
 
+#[cfg(feature = "postgres")]
+impl Inbox<sqlx::Postgres> {
+    /// Sends this inbox's statements (markers and purges) to PostgreSQL
+    /// with `protocol`, whatever the process-wide
+    /// [`set_protocol`](crate::postgres::set_protocol) says: an inbox whose
+    /// pool goes through a pooler in transaction mode uses
+    /// [`Protocol::Simple`] (see [`crate::postgres`]). The handler's own
+    /// statements are the handler's: behind such a pooler, send them
+    /// unnamed (`.persistent(false)`), as they run inside the inbox's
+    /// transaction.
+    pub fn with_protocol(mut self, protocol: Protocol) -> Self {
+        self.protocol = Some(protocol);
+        self
+    }
+}
+
 /// One attempt of [`Inbox::process`]: the marker first, then the handler.
 struct Process<'a, H> {
     consumer: &'a str,
     event_id: &'a EventId,
     handler: &'a H,
+    protocol: Protocol,
 }
 
 impl<B: InboxBackend, H: InboxHandler<B>> Attempt<B, Delivery<H::Output>, H::Error>
@@ -415,7 +451,8 @@ impl<B: InboxBackend, H: InboxHandler<B>> Attempt<B, Delivery<H::Output>, H::Err
         tx: &'t mut sqlx::Transaction<'static, B>,
     ) -> BoxFuture<'t, Result<Delivery<H::Output>, Failure<H::Error>>> {
         Box::pin(async move {
-            if !B::insert_marker(tx, self.consumer, self.event_id.as_str()).await? {
+            let marker = B::insert_marker(tx, self.consumer, self.event_id.as_str(), self.protocol);
+            if !marker.await? {
                 return Ok(Delivery::Duplicate);
             }
             match self.handler.handle(tx, self.event_id).await {
@@ -434,6 +471,7 @@ struct Purge<'a> {
     consumer: &'a str,
     window: Duration,
     limit: i64,
+    protocol: Protocol,
 }
 
 impl<B: InboxBackend> Attempt<B, u64, Infallible> for Purge<'_> {
@@ -441,9 +479,11 @@ impl<B: InboxBackend> Attempt<B, u64, Infallible> for Purge<'_> {
         &'t mut self,
         tx: &'t mut sqlx::Transaction<'static, B>,
     ) -> BoxFuture<'t, Result<u64, Failure<Infallible>>> {
-        Box::pin(
-            async move { Ok(B::delete_markers(tx, self.consumer, self.window, self.limit).await?) },
-        )
+        Box::pin(async move {
+            let chunk =
+                B::delete_markers(tx, self.consumer, self.window, self.limit, self.protocol);
+            Ok(chunk.await?)
+        })
     }
 }
 
@@ -531,23 +571,49 @@ fn micros(window: Duration) -> i64 {
     i64::try_from(window.as_micros()).unwrap_or(i64::MAX)
 }
 
+/// The tags of PostgreSQL's marker insert and purge chunk (see
+/// `crate::postgres`), as the statements return them.
+#[cfg(feature = "postgres")]
+macro_rules! pg_tag {
+    (marker) => {
+        "idem:inbox:marker"
+    };
+    (purge) => {
+        "idem:inbox:purge"
+    };
+}
+
+// Each statement answers with one row: its tag and how many markers it
+// changed.
 #[cfg(feature = "postgres")]
 impl InboxBackend for sqlx::Postgres {
     fn insert_marker<'c>(
         conn: &'c mut sqlx::PgConnection,
         consumer: &'c str,
         event_id: &'c str,
-    ) -> BoxFuture<'c, Result<bool, sqlx::Error>> {
+        protocol: Protocol,
+    ) -> BoxFuture<'c, Result<bool, Error>> {
         Box::pin(async move {
-            let done = sqlx::query(
-                "INSERT INTO idem_inbox (consumer, event_id, processed_at) VALUES ($1, $2, now()) \
-                 ON CONFLICT (consumer, event_id) DO NOTHING",
+            let params = [
+                Param::Text(consumer, "the consumer"),
+                Param::Text(event_id, "the event id"),
+            ];
+            let rows = fetch(
+                conn,
+                protocol,
+                concat!(
+                    "WITH inserted AS (INSERT INTO idem_inbox (consumer, event_id, processed_at) \
+                     VALUES ($1, $2, now()) ON CONFLICT (consumer, event_id) DO NOTHING RETURNING 1) \
+                     SELECT '",
+                    pg_tag!(marker),
+                    "' AS tag, count(*) FROM inserted"
+                ),
+                pg_tag!(marker),
+                &params,
             )
-            .bind(consumer)
-            .bind(event_id)
-            .execute(conn)
             .await?;
-            Ok(done.rows_affected() == 1)
+            let inserted: i64 = get(&rows[0], 1)?;
+            Ok(inserted == 1)
         })
     }
 
@@ -559,21 +625,33 @@ impl InboxBackend for sqlx::Postgres {
         consumer: &'c str,
         window: Duration,
         limit: i64,
-    ) -> BoxFuture<'c, Result<u64, sqlx::Error>> {
+        protocol: Protocol,
+    ) -> BoxFuture<'c, Result<u64, Error>> {
         Box::pin(async move {
-            let done = sqlx::query(
-                "DELETE FROM idem_inbox WHERE (consumer, event_id) IN (\
+            let params = [
+                Param::Text(consumer, "the consumer"),
+                Param::Int8(micros(window)),
+                Param::Int8(limit),
+            ];
+            let rows = fetch(
+                conn,
+                protocol,
+                concat!(
+                    "WITH deleted AS (DELETE FROM idem_inbox WHERE (consumer, event_id) IN (\
                  SELECT consumer, event_id FROM idem_inbox WHERE consumer = $1 \
-                 AND processed_at < now() - $2::bigint * INTERVAL '1 microsecond' \
+                 AND processed_at < now() - $2 * INTERVAL '1 microsecond' \
                  LIMIT $3 FOR UPDATE SKIP LOCKED) \
-                 AND consumer = $1 AND processed_at < now() - $2::bigint * INTERVAL '1 microsecond'",
+                 AND consumer = $1 AND processed_at < now() - $2 * INTERVAL '1 microsecond' \
+                 RETURNING 1) SELECT '",
+                    pg_tag!(purge),
+                    "' AS tag, count(*) FROM deleted"
+                ),
+                pg_tag!(purge),
+                &params,
             )
-            .bind(consumer)
-            .bind(micros(window))
-            .bind(limit)
-            .execute(conn)
             .await?;
-            Ok(done.rows_affected())
+            let deleted: i64 = get(&rows[0], 1)?;
+            Ok(u64::try_from(deleted).unwrap_or_default())
         })
     }
 
@@ -589,7 +667,8 @@ impl InboxBackend for sqlx::MySql {
         conn: &'c mut sqlx::MySqlConnection,
         consumer: &'c str,
         event_id: &'c str,
-    ) -> BoxFuture<'c, Result<bool, sqlx::Error>> {
+        _: Protocol,
+    ) -> BoxFuture<'c, Result<bool, Error>> {
         Box::pin(async move {
             let done = sqlx::query(
                 "INSERT IGNORE INTO idem_inbox (consumer, event_id, processed_at) \
@@ -598,7 +677,8 @@ impl InboxBackend for sqlx::MySql {
             .bind(consumer)
             .bind(event_id)
             .execute(conn)
-            .await?;
+            .await
+            .map_err(crate::backend::db_error::<sqlx::MySql>)?;
             Ok(done.rows_affected() == 1)
         })
     }
@@ -608,7 +688,8 @@ impl InboxBackend for sqlx::MySql {
         consumer: &'c str,
         window: Duration,
         limit: i64,
-    ) -> BoxFuture<'c, Result<u64, sqlx::Error>> {
+        _: Protocol,
+    ) -> BoxFuture<'c, Result<u64, Error>> {
         Box::pin(async move {
             let done = sqlx::query(
                 "DELETE FROM idem_inbox WHERE consumer = ? \
@@ -618,7 +699,8 @@ impl InboxBackend for sqlx::MySql {
             .bind(micros(window))
             .bind(limit)
             .execute(conn)
-            .await?;
+            .await
+            .map_err(crate::backend::db_error::<sqlx::MySql>)?;
             Ok(done.rows_affected())
         })
     }
@@ -643,7 +725,8 @@ impl InboxBackend for sqlx::Sqlite {
         conn: &'c mut sqlx::SqliteConnection,
         consumer: &'c str,
         event_id: &'c str,
-    ) -> BoxFuture<'c, Result<bool, sqlx::Error>> {
+        _: Protocol,
+    ) -> BoxFuture<'c, Result<bool, Error>> {
         Box::pin(async move {
             let done = sqlx::query(
                 "INSERT INTO idem_inbox (consumer, event_id, processed_at) \
@@ -653,7 +736,8 @@ impl InboxBackend for sqlx::Sqlite {
             .bind(consumer)
             .bind(event_id)
             .execute(conn)
-            .await?;
+            .await
+            .map_err(crate::backend::db_error::<sqlx::Sqlite>)?;
             Ok(done.rows_affected() == 1)
         })
     }
@@ -663,7 +747,8 @@ impl InboxBackend for sqlx::Sqlite {
         consumer: &'c str,
         window: Duration,
         limit: i64,
-    ) -> BoxFuture<'c, Result<u64, sqlx::Error>> {
+        _: Protocol,
+    ) -> BoxFuture<'c, Result<u64, Error>> {
         // A date modifier such as '-86400.000000 seconds'.
         let modifier = format!(
             "-{}.{:06} seconds",
@@ -680,7 +765,8 @@ impl InboxBackend for sqlx::Sqlite {
             .bind(modifier)
             .bind(limit)
             .execute(conn)
-            .await?;
+            .await
+            .map_err(crate::backend::db_error::<sqlx::Sqlite>)?;
             Ok(done.rows_affected())
         })
     }

@@ -62,24 +62,57 @@
 //! and [`install_sql`] the application's, safely when processes start
 //! together.
 //!
-//! # Text key columns on MySQL/MariaDB
+//! # Keys are compared exactly
 //!
-//! idem compares its own identifiers byte for byte on every backend
-//! (scopes, keys and fingerprints in [`keys`], consumers and event ids in
-//! [`inbox`], `entity_key` in [`history`]), but the key column of a state
-//! machine's table is yours, and on MySQL/MariaDB a text column compares
-//! with its collation. With the usual defaults (`utf8mb4_general_ci`,
-//! `utf8mb4_0900_ai_ci`) `pay().apply(&pool, "acme")` finds and moves the
-//! row of `ACME`, or of `ácme`; even `utf8mb4_bin` ignores trailing
-//! spaces, so `"acme "` moves the row of `acme`. When keys are text that
-//! clients choose or that must stay distinct by case, make the key column
-//! byte-comparing: `VARBINARY(n)` (MySQL and MariaDB alike; bind `&str` or
-//! `String` as usual), or a binary collation without padding
-//! (`utf8mb4_0900_bin` on MySQL 8, `utf8mb4_nopad_bin` on MariaDB).
-//! Integer and UUID keys are not affected, nor are PostgreSQL (its
-//! collations are deterministic: equality is byte equality) and SQLite
-//! (`BINARY`). On MySQL the history table's `entity_key` is
-//! `VARBINARY(1020)`: read it as bytes or with `CAST(entity_key AS CHAR)`.
+//! A key finds the row that holds exactly that key, or none, on every
+//! backend, whatever the key column's type and collation (see [`Key`]):
+//!
+//! - **MySQL/MariaDB and SQLite** select the row by `key = ?` (which keeps
+//!   the index) and by the exact bytes of both text forms. A string that
+//!   merely converts to a number (`"7abc"`, `"07"`, `" 7"`, `"7.0"` against
+//!   an integer 7: MySQL converts with a warning, SQLite's INTEGER affinity
+//!   silently), an integer against a text column holding `'07'`, a UUID's
+//!   16 bytes against an integer, or a value a collation calls equal
+//!   (`acme` against `ACME` under `utf8mb4_general_ci`, `acme ` against
+//!   `acme` under the PAD SPACE `utf8mb4_bin`, `ácme` against `acme`):
+//!   [`Outcome::NotFound`](idem_core::Outcome::NotFound), nothing moved.
+//!   The integer 7 finds the text `'7'`, the string `"7"` the integer 7:
+//!   their text forms are the same bytes. MySQL compares a text column in
+//!   utf8mb4 (a `latin1` column's `ácme` is found by the key `ácme`), and
+//!   a UUID column as its bytes.
+//!   SQLite compares bytes under any collation of the column (`NOCASE`,
+//!   `RTRIM`).
+//! - **PostgreSQL** compares the column with the key cast to its family's
+//!   type; a family it cannot compare with the column (a `&str` key on a
+//!   `BIGINT` column) is [`Error::KeyType`], never a conversion. A text
+//!   key is also compared byte for byte (`COLLATE "C"`), as a column with
+//!   a nondeterministic collation (an ICU one ignoring case) would find
+//!   `ACME` for `acme`. Every
+//!   integer width binds as `int8` and shares one statement; text and UUID
+//!   keys have statements of their own, so sqlx's statement cache (by SQL
+//!   text, with the parameter types of the first call) never sends a key
+//!   to a statement prepared for another type.
+//!
+//! idem's own identifiers (scopes, keys and fingerprints in [`keys`],
+//! consumers and event ids in [`inbox`], `entity_key` in [`history`])
+//! compare byte for byte too; on MySQL the history table's `entity_key`
+//! is `VARBINARY(1020)`: read it as bytes or with `CAST(entity_key AS
+//! CHAR)`.
+//!
+//! # Deployments
+//!
+//! Directly, or behind a pooler in session mode, on every backend. On
+//! PostgreSQL behind a pooler in **transaction mode** (PgBouncer's
+//! `pool_mode = transaction`, the transaction poolers of hosted
+//! PostgreSQL), call `idem_sqlx::postgres::set_protocol(`[`Protocol::Simple`]`)`
+//! at start-up: idem then sends its statements with the simple query
+//! protocol, each self-contained, where its default named prepared
+//! statements would run on server connections where their names mean
+//! other statements. The `idem_sqlx::postgres` module (feature
+//! `postgres`) has the table of supported deployments, what your own
+//! statements need, and what the prepared mode does behind such a pooler
+//! (it refuses every answer it can tell is another statement's:
+//! [`Error::Misrouted`]).
 
 mod backend;
 #[cfg(any(feature = "mysql", feature = "sqlite"))]
@@ -94,7 +127,8 @@ pub mod keys;
 #[cfg(feature = "mysql")]
 mod mysql;
 #[cfg(feature = "postgres")]
-mod postgres;
+pub mod postgres;
+mod protocol;
 mod purge;
 mod retry;
 mod savepoint;
@@ -107,8 +141,10 @@ mod upgrade;
 pub use backend::{Backend, ErrorKind};
 pub use error::{Error, HandlerError};
 pub use handler::TransitionHandler;
+pub use idem_core::KeyFamily;
 pub use insert::{insert_once, BusinessKey, Insert, InsertBackend, ViolatedKey};
-pub use key::Key;
+pub use key::{Key, KeyValue};
+pub use protocol::Protocol;
 pub use purge::DEFAULT_PURGE_CHUNK;
 pub use retry::{RetryPolicy, RETRY_TARGET};
 pub use schema::{install, install_sql};

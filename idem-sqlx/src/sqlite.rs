@@ -5,14 +5,16 @@ use sqlx::Sqlite;
 
 use crate::backend::{contended, db_error, state_of, MAX_ROUNDS};
 use crate::batch;
-use crate::key::{args, text_args};
+use crate::key::{args, bind_key, text_args};
 use crate::{Backend, Error, ErrorKind, Key};
 
-/// The most keys one statement of `apply_many` binds: one parameter per
-/// key, below SQLite's default `SQLITE_MAX_VARIABLE_NUMBER` of 32,766
-/// (999 before 3.32, and a build may set its own). The batch read joins a
-/// `VALUES` list by the key and stays linear at any chunk size; chunks of
-/// 1,024, as on MySQL, also fit a SQLite built with a limit down to 1,024.
+/// The most keys one statement of `apply_many` binds: the batch read binds
+/// each key once and the batch `UPDATE` twice (`key IN (?, ...)` and
+/// `CAST(key AS TEXT) IN (CAST(? AS TEXT), ...)`), far below SQLite's
+/// default `SQLITE_MAX_VARIABLE_NUMBER` of 32,766 (999 before 3.32, and a
+/// build may set its own). The batch read joins a `VALUES` list by the key
+/// and stays linear at any chunk size; chunks of 1,024, as on MySQL, also
+/// fit a SQLite built with a limit down to 2,048.
 pub(crate) const BATCH_KEYS: usize = 1_024;
 
 impl Backend for Sqlite {
@@ -45,6 +47,8 @@ impl Backend for Sqlite {
     // No read-only transactions on SQLite: a plain deferred one.
     const REOPEN: &'static [&'static str] = &["BEGIN"];
     const ROLLBACK_NEEDS_TRANSACTION: bool = true;
+
+    bind_key!();
 
     fn execute_plain<'c>(
         conn: &'c mut SqliteConnection,
@@ -110,11 +114,12 @@ async fn apply<S: State, K: Key<Sqlite>>(
             },
         };
         let update = if single {
-            sql.apply
+            &sql.apply
         } else {
-            sql.apply_from[index]
+            &sql.apply_from[index]
         };
-        let done = sqlx::query_with(update, args::<Sqlite, K>(key).map_err(Error::Database)?)
+        let family = key.value().family();
+        let done = sqlx::query_with(update.get(family), args::<Sqlite, K>(key, update.binds)?)
             .execute(&mut *conn)
             .await
             .map_err(db_error::<Sqlite>)?;
@@ -138,8 +143,8 @@ async fn read<S: State, K: Key<Sqlite>>(
     key: &K,
 ) -> Result<Result<Outcome<S>, usize>, Error> {
     let current: Option<Option<String>> = sqlx::query_scalar_with(
-        sql.current,
-        args::<Sqlite, K>(key).map_err(Error::Database)?,
+        sql.current.get(key.value().family()),
+        args::<Sqlite, K>(key, sql.current.binds)?,
     )
     .fetch_optional(&mut *conn)
     .await
@@ -161,13 +166,10 @@ fn record_history<'c, K: Key<Sqlite>>(
 ) -> BoxFuture<'c, Result<(), Error>> {
     Box::pin(async move {
         if let Some(insert) = sql.history.get(index) {
-            sqlx::query_with(
-                insert,
-                text_args::<Sqlite, K>(key).map_err(Error::Database)?,
-            )
-            .execute(&mut *conn)
-            .await
-            .map_err(db_error::<Sqlite>)?;
+            sqlx::query_with(insert, text_args::<Sqlite, K>(key)?)
+                .execute(&mut *conn)
+                .await
+                .map_err(db_error::<Sqlite>)?;
         }
         Ok(())
     })

@@ -3,7 +3,7 @@
 use std::convert::Infallible;
 
 use futures::future::BoxFuture;
-use idem_core::{Change, DialectSql, Outcome, State, Transition};
+use idem_core::{Change, DialectSql, ManySql, Outcome, State, Transition};
 use sqlx::{Acquire, Connection, Pool};
 
 use crate::backend::db_error;
@@ -62,6 +62,11 @@ pub trait TransitionExt<S: State> {
     /// [`Error::Retryable`] on a serialization failure, deadlock or busy
     /// database, [`Error::Database`] otherwise. The same errors, from the
     /// same reads, on every backend and through every `apply*` method.
+    /// PostgreSQL adds [`Error::KeyType`] (a key of a type the key column
+    /// cannot be compared with; see [`Key`]), [`Error::Nul`] (a text key
+    /// holding U+0000) and [`Error::Misrouted`] (the answer of another
+    /// statement, behind a pooler in transaction mode; see
+    /// [`Protocol`](crate::Protocol)).
     fn apply<'a, 'c, A, K>(
         &'static self,
         executor: A,
@@ -84,8 +89,8 @@ pub trait TransitionExt<S: State> {
     /// | | Statements | Atomicity |
     /// |---|---|---|
     /// | PostgreSQL | One for the whole batch. The keys are one array parameter, so the protocol's 65,535 bind parameters do not limit it; PostgreSQL's own bounds are 134,217,727 array elements and a 1 GiB bind message, past which the statement fails whole. | The statement is atomic. A key whose row another transaction changed while the statement waited for it is applied again on its own (see the table above). |
-    /// | MySQL / MariaDB | A locking read per 1,024 distinct keys (the read binds each key twice; 65,535 placeholders would allow 32,767), then per source state present one `UPDATE` per 1,024 of its keys, and one history `INSERT` per moved key. | One transaction idem owns holds every chunk, retried whole on transient conflicts with the default [`RetryPolicy`]. |
-    /// | SQLite | A read per 1,024 distinct keys (one parameter per key; SQLite's default limit is 32,766), then as on MySQL. | One transaction (`BEGIN IMMEDIATE`) holds every chunk. |
+    /// | MySQL / MariaDB | A locking read per 1,024 distinct keys (the read binds each key three times, for the key and its exact comparison; 65,535 placeholders would allow 21,845), then per source state present one `UPDATE` per 1,024 of its keys (binding each twice), and one history `INSERT` per moved key. | One transaction idem owns holds every chunk, retried whole on transient conflicts with the default [`RetryPolicy`]. |
+    /// | SQLite | A read per 1,024 distinct keys (one parameter per key), then as on MySQL (the `UPDATE` binds each key twice; SQLite's default limit is 32,766). | One transaction (`BEGIN IMMEDIATE`) holds every chunk. |
     ///
     /// So a batch of at most 1,024 keys is one read and one `UPDATE` per
     /// source state on MySQL and SQLite. Every read comes before the first
@@ -425,7 +430,7 @@ impl<S: State> TransitionExt<S> for Transition<S> {
             }
             // PostgreSQL runs the batch as one statement; the others read
             // with locks, then write, which needs a transaction.
-            if sql.many.len() == 1 {
+            if let ManySql::Whole(_) = sql.many {
                 let mut conn = pool.acquire().await.map_err(db_error::<DB>)?;
                 return DB::apply_many_on(&mut conn, self, sql, keys).await;
             }

@@ -79,8 +79,16 @@ static PG_CLEANED: OnceCell<()> = OnceCell::const_new();
 
 /// A pool of `max` connections whose `search_path` is a fresh schema, or
 /// `None` when `IDEM_TEST_POSTGRES` is unset outside CI.
+///
+/// With `IDEM_TEST_POSTGRES_PROTOCOL=simple` the test binary sends idem's
+/// statements with the simple query protocol
+/// (`idem_sqlx::postgres::set_protocol`), so a whole suite can be run in
+/// that mode: `IDEM_TEST_POSTGRES_PROTOCOL=simple cargo test --test keys`.
 pub async fn postgres(max: u32) -> Option<PgPool> {
     let url = url("IDEM_TEST_POSTGRES")?;
+    if std::env::var("IDEM_TEST_POSTGRES_PROTOCOL").as_deref() == Ok("simple") {
+        idem_sqlx::postgres::set_protocol(idem_sqlx::postgres::Protocol::Simple);
+    }
     let options = PgConnectOptions::from_str(&url).expect("IDEM_TEST_POSTGRES is a valid URL");
     let mut admin = options
         .connect()

@@ -139,9 +139,10 @@ pub trait Db: Backend + Sized {
     /// A column type for the UUID key.
     const UUID: &'static str;
     /// How many keys one batch statement could bind if `apply_many` did
-    /// not split its batch: the bind-parameter limit over the parameters
-    /// the batch read binds per key (PostgreSQL: the protocol's 65,535,
-    /// although its batch binds one array).
+    /// not split its batch: the bind-parameter limit over the most
+    /// parameters one of its statements binds per key (MySQL's read binds
+    /// each key three times, SQLite's `UPDATE` twice; PostgreSQL: the
+    /// protocol's 65,535, although its batch binds one array).
     const UNSPLIT_KEYS: usize;
     /// Placeholder `n` (1-based).
     fn param(n: usize) -> String;
@@ -186,7 +187,7 @@ impl Db for Sqlite {
     const BACKEND: &'static str = "sqlite";
     const TIMESTAMP: &'static str = "TEXT";
     const UUID: &'static str = "BLOB";
-    const UNSPLIT_KEYS: usize = 32_766;
+    const UNSPLIT_KEYS: usize = 32_766 / 2;
     fn param(_: usize) -> String {
         "?".into()
     }
@@ -264,7 +265,7 @@ impl Db for MySql {
     const BACKEND: &'static str = "mysql";
     const TIMESTAMP: &'static str = "TIMESTAMP(6) NULL";
     const UUID: &'static str = "BINARY(16)";
-    const UNSPLIT_KEYS: usize = 32_767;
+    const UNSPLIT_KEYS: usize = 65_535 / 3;
     fn param(_: usize) -> String {
         "?".into()
     }
@@ -618,3 +619,32 @@ impl Subscriber for Global {
         }
     }
 }
+
+/// Runs each case — a plain generic `async fn(Pool<DB>)` of the calling
+/// test file — on SQLite, PostgreSQL and MySQL, with a pool of `$max`
+/// connections: `every_backend!(4; case_a, case_b)`. (Test binaries that
+/// share this module without calling it would warn.)
+#[allow(unused_macros)]
+macro_rules! every_backend {
+    ($max:literal; $($case:ident),* $(,)?) => {
+        $crate::transitions_support::every_backend!(@ sqlite, sqlx::Sqlite, $max: $($case),*);
+        $crate::transitions_support::every_backend!(@ postgres, sqlx::Postgres, $max: $($case),*);
+        $crate::transitions_support::every_backend!(@ mysql, sqlx::MySql, $max: $($case),*);
+    };
+    (@ $backend:ident, $db:ty, $max:literal: $($case:ident),*) => {
+        mod $backend {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    use $crate::transitions_support::Db as _;
+                    if let Some(pool) = <$db>::pool($max).await {
+                        super::$case::<$db>(pool).await;
+                    }
+                }
+            )*
+        }
+    };
+}
+
+#[allow(unused_imports)]
+pub(crate) use every_backend;

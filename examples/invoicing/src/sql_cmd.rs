@@ -4,7 +4,7 @@
 use std::fmt::Write;
 
 use clap::{Args, ValueEnum};
-use idem::{Dialect, State};
+use idem::{Dialect, KeyFamily, State};
 
 use crate::invoice::InvoiceStatus;
 
@@ -59,14 +59,16 @@ pub fn report(dialect: Dialect) -> String {
         let Some(sql) = transition.sql_for(dialect) else {
             continue;
         };
-        let _ = writeln!(out, "-- apply\n{};", sql.apply);
+        // Invoices are keyed by integers.
+        let family = KeyFamily::Integer;
+        let _ = writeln!(out, "-- apply\n{};", sql.apply.get(family));
         let _ = writeln!(
             out,
             "-- current state (when the update did not apply)\n{};",
-            sql.current
+            sql.current.get(family)
         );
         for (source, statement) in transition.sources().iter().zip(sql.apply_from) {
-            let _ = writeln!(out, "-- apply from {source}\n{statement};");
+            let _ = writeln!(out, "-- apply from {source}\n{};", statement.get(family));
         }
         for (source, statement) in transition.sources().iter().zip(sql.history) {
             let _ = writeln!(

@@ -222,6 +222,8 @@
 //! database's clock), and concurrent purges delete and count each record
 //! once.
 
+#[cfg(feature = "postgres")]
+mod postgres;
 mod sql;
 mod store;
 
@@ -234,7 +236,7 @@ use idem_core::keys::{
 };
 use idem_core::Dialect;
 
-use crate::{Backend, Error, RetryPolicy, DEFAULT_PURGE_CHUNK};
+use crate::{Backend, Error, Protocol, RetryPolicy, DEFAULT_PURGE_CHUNK};
 
 /// A backend the key store runs on: PostgreSQL, MySQL/MariaDB and SQLite.
 /// Its methods are the store's statements on that backend; name it as the
@@ -261,6 +263,7 @@ use crate::{Backend, Error, RetryPolicy, DEFAULT_PURGE_CHUNK};
 /// ```
 pub trait KeyBackend: Backend {
     /// Claims `(scope, key)` on `conn` (see [`KeyStore::claim`](idem_core::keys::KeyStore::claim)).
+    /// `protocol`: how PostgreSQL gets the statements (ignored elsewhere).
     #[doc(hidden)]
     fn claim_on<'c>(
         conn: &'c mut Self::Connection,
@@ -268,6 +271,7 @@ pub trait KeyBackend: Backend {
         key: &'c IdempotencyKey,
         fingerprint: &'c Fingerprint,
         lease: Duration,
+        protocol: Protocol,
     ) -> BoxFuture<'c, Result<Claim, Error>>;
 
     /// Stores the response of the run holding `lease`.
@@ -276,6 +280,7 @@ pub trait KeyBackend: Backend {
         conn: &'c mut Self::Connection,
         lease: &'c Lease,
         response: &'c StoredResponse,
+        protocol: Protocol,
     ) -> BoxFuture<'c, Result<Completion, Error>>;
 
     /// Deletes the running record of `lease`.
@@ -283,6 +288,7 @@ pub trait KeyBackend: Backend {
     fn release_on<'c>(
         conn: &'c mut Self::Connection,
         lease: &'c Lease,
+        protocol: Protocol,
     ) -> BoxFuture<'c, Result<(), Error>>;
 
     /// Deletes at most `limit` records of the `stale` kind older than
@@ -293,6 +299,7 @@ pub trait KeyBackend: Backend {
         stale: Stale,
         retention: Duration,
         limit: i64,
+        protocol: Protocol,
     ) -> BoxFuture<'_, Result<u64, Error>>;
 
     /// Fails with [`Error::OutdatedSchema`] when the installed table's
@@ -341,6 +348,8 @@ pub struct SqlKeyStore<B: sqlx::Database> {
     pool: sqlx::Pool<B>,
     retry: RetryPolicy,
     purge_chunk: NonZeroU32,
+    /// `None`: the process-wide protocol.
+    protocol: Option<Protocol>,
 }
 
 impl<B: sqlx::Database> Clone for SqlKeyStore<B> {
@@ -349,6 +358,7 @@ impl<B: sqlx::Database> Clone for SqlKeyStore<B> {
             pool: self.pool.clone(),
             retry: self.retry,
             purge_chunk: self.purge_chunk,
+            protocol: self.protocol,
         }
     }
 }
@@ -363,6 +373,7 @@ impl<B: sqlx::Database> SqlKeyStore<B> {
             pool,
             retry: RetryPolicy::default(),
             purge_chunk: DEFAULT_PURGE_CHUNK,
+            protocol: None,
         }
     }
 
@@ -387,6 +398,35 @@ impl<B: sqlx::Database> SqlKeyStore<B> {
     /// The pool.
     pub fn pool(&self) -> &sqlx::Pool<B> {
         &self.pool
+    }
+
+    /// How the store's statements go to PostgreSQL: its own
+    /// [`with_protocol`](SqlKeyStore::with_protocol), else the
+    /// process-wide setting.
+    pub(crate) fn protocol(&self) -> Protocol {
+        self.protocol.unwrap_or_else(crate::protocol::get)
+    }
+}
+
+#[cfg(feature = "postgres")]
+impl SqlKeyStore<sqlx::Postgres> {
+    /// Sends this store's statements to PostgreSQL with `protocol`,
+    /// whatever the process-wide
+    /// [`set_protocol`](crate::postgres::set_protocol) says: a store whose
+    /// pool goes through a pooler in transaction mode uses
+    /// [`Protocol::Simple`] (see [`crate::postgres`]).
+    ///
+    /// ```
+    /// use idem_sqlx::keys::SqlKeyStore;
+    /// use idem_sqlx::postgres::Protocol;
+    ///
+    /// # fn store(pool: sqlx::PgPool) -> SqlKeyStore<sqlx::Postgres> {
+    /// SqlKeyStore::new(pool).with_protocol(Protocol::Simple)
+    /// # }
+    /// ```
+    pub fn with_protocol(mut self, protocol: Protocol) -> Self {
+        self.protocol = Some(protocol);
+        self
     }
 }
 

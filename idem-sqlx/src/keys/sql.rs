@@ -7,22 +7,23 @@ use idem_core::Dialect;
 
 use crate::upgrade::Identifiers;
 
-/// The statements of one dialect.
+/// The statements of one dialect. (PostgreSQL's store reads neither
+/// `takeover` nor `identifiers`, which are MySQL's.)
+#[cfg_attr(not(any(feature = "mysql", feature = "sqlite")), allow(dead_code))]
 pub(crate) struct KeySql {
     pub schema: &'static str,
     /// Inserts a running record; on PostgreSQL and SQLite the same
     /// statement takes over an expired lease of the same fingerprint and
-    /// returns `attempt` (1 = new, more = taken over). On MySQL it is an
+    /// returns `attempt` (1 = new, more = taken over). On PostgreSQL it
+    /// also returns the record it collided with, in `read`'s columns, so
+    /// a replay needs no `read` (when that record is not in the
+    /// statement's snapshot, because the insert waited for a concurrent
+    /// inserter that then committed, the answer holds no record and the
+    /// claim reads). PostgreSQL's statements each answer with one row
+    /// whose first column is their tag ([`PG_TAGS`]). On MySQL it is an
     /// `INSERT IGNORE` (0 rows = the key exists); `read`, then `takeover`
     /// when the read found an expired lease.
     pub claim: &'static str,
-    /// Whether `claim` also returns the record it collided with (a row of
-    /// `NULL` attempt and `read`'s columns), so a replay needs no `read`:
-    /// PostgreSQL, whose data-modifying CTE reads the table in the same
-    /// statement. When the collided row is not in the statement's
-    /// snapshot (the insert waited for a concurrent inserter that then
-    /// committed), it returns no row and the claim falls back to `read`.
-    pub claim_reads: bool,
     /// MySQL only: takes over an expired lease of the same fingerprint,
     /// after a read saw it expired.
     pub takeover: &'static str,
@@ -63,6 +64,67 @@ WHERE (scope, idem_key) IN (
     };
 }
 
+/// The tag each of PostgreSQL's statements returns in its first column:
+/// a named prepared statement that a pooler in transaction mode ran on a
+/// server connection where the name means another statement answers with
+/// another tag, or none (see `crate::postgres`).
+macro_rules! pg_tag {
+    (claim) => {
+        "idem:keys:claim"
+    };
+    (read) => {
+        "idem:keys:read"
+    };
+    (complete) => {
+        "idem:keys:complete"
+    };
+    (release) => {
+        "idem:keys:release"
+    };
+    (purge_completed) => {
+        "idem:keys:purge_completed"
+    };
+    (purge_abandoned) => {
+        "idem:keys:purge_abandoned"
+    };
+}
+
+/// The tags of PostgreSQL's statements, as [`POSTGRES`]'s texts return
+/// them.
+#[cfg(feature = "postgres")]
+pub(crate) struct PgTags {
+    pub claim: &'static str,
+    pub read: &'static str,
+    pub complete: &'static str,
+    pub release: &'static str,
+    pub purge_completed: &'static str,
+    pub purge_abandoned: &'static str,
+}
+
+#[cfg(feature = "postgres")]
+pub(crate) const PG_TAGS: PgTags = PgTags {
+    claim: pg_tag!(claim),
+    read: pg_tag!(read),
+    complete: pg_tag!(complete),
+    release: pg_tag!(release),
+    purge_completed: pg_tag!(purge_completed),
+    purge_abandoned: pg_tag!(purge_abandoned),
+};
+
+/// A PostgreSQL write, answering in one row: its tag, and how many rows
+/// it changed.
+macro_rules! postgres_counted {
+    ($tag:ident, $($write:expr),+ $(,)?) => {
+        concat!(
+            "WITH changed AS (\n",
+            $($write,)+
+            "\nRETURNING 1)\nSELECT '",
+            pg_tag!($tag),
+            "' AS tag, count(*) FROM changed"
+        )
+    };
+}
+
 /// A PostgreSQL purge chunk: records where `$old` (a state and the time
 /// column to compare) is at most now - ?1 µs, at most ?2 of them. The
 /// subselect locks the rows it picks and skips rows locked by a
@@ -72,8 +134,9 @@ WHERE (scope, idem_key) IN (
 /// PostgreSQL re-checks the DELETE's own condition on the new version,
 /// and an `IN (list)` alone would still match it.
 macro_rules! postgres_purge {
-    ($old:literal) => {
-        concat!(
+    ($tag:ident, $old:literal) => {
+        postgres_counted!(
+            $tag,
             keyed_chunk!(),
             $old,
             " <= now() - $1 * INTERVAL '1 microsecond'
@@ -85,6 +148,20 @@ macro_rules! postgres_purge {
     };
 }
 
+/// The microseconds left on a record's lease, on PostgreSQL.
+macro_rules! postgres_left {
+    ($k:literal) => {
+        concat!(
+            "CAST(EXTRACT(EPOCH FROM (",
+            $k,
+            "lease_until - now())) * 1000000 AS BIGINT)"
+        )
+    };
+}
+
+// Every statement answers with exactly one row, its tag first (see
+// `pg_tag!`): `claim` and `read` join what they found to a one-row
+// `(SELECT 1)`, the writes count their rows.
 const POSTGRES: KeySql = KeySql {
     schema: "\
 CREATE TABLE IF NOT EXISTS idem_keys (
@@ -108,8 +185,10 @@ CREATE INDEX IF NOT EXISTS idem_keys_lease_until ON idem_keys (lease_until);
     // The second branch runs only when the upsert returned nothing (a
     // one-time filter: a new key never scans the table twice). It reads
     // the statement's snapshot, so a record whose inserter committed while
-    // the upsert waited on it is not there: no row, and the caller reads.
-    claim: "\
+    // the upsert waited on it is not there: no record in the answer, and
+    // the caller reads.
+    claim: concat!(
+        "\
 WITH claimed AS (
     INSERT INTO idem_keys AS k (scope, idem_key, fingerprint, token, lease_until, state, attempt, created_at)
     VALUES ($1, $2, $3, $4, now() + $5 * INTERVAL '1 microsecond', 'running', 1, now())
@@ -117,28 +196,44 @@ WITH claimed AS (
     SET token = EXCLUDED.token, lease_until = EXCLUDED.lease_until, attempt = k.attempt + 1
     WHERE k.state = 'running' AND k.lease_until <= now() AND k.fingerprint = EXCLUDED.fingerprint
     RETURNING attempt
+),
+answer AS (
+    SELECT attempt, NULL::varchar AS fingerprint, NULL::varchar AS state, NULL::integer AS status,
+           NULL::text AS headers, NULL::bytea AS body, NULL::bigint AS lease_left
+    FROM claimed
+    UNION ALL
+    SELECT NULL, fingerprint, state, status, headers, body, ",
+        postgres_left!(""),
+        "
+    FROM idem_keys
+    WHERE scope = $1 AND idem_key = $2 AND NOT EXISTS (SELECT 1 FROM claimed)
 )
-SELECT attempt, NULL::varchar, NULL::varchar, NULL::integer, NULL::text, NULL::bytea, NULL::bigint
-FROM claimed
-UNION ALL
-SELECT NULL, fingerprint, state, status, headers, body,
-       CAST(EXTRACT(EPOCH FROM (lease_until - now())) * 1000000 AS BIGINT)
-FROM idem_keys
-WHERE scope = $1 AND idem_key = $2 AND NOT EXISTS (SELECT 1 FROM claimed)",
-    claim_reads: true,
+SELECT '",
+        pg_tag!(claim),
+        "' AS tag, a.attempt, a.fingerprint, a.state, a.status, a.headers, a.body, a.lease_left
+FROM (SELECT 1) AS one LEFT JOIN answer AS a ON true"
+    ),
     takeover: "",
-    read: "\
-SELECT fingerprint, state, status, headers, body,
-       CAST(EXTRACT(EPOCH FROM (lease_until - now())) * 1000000 AS BIGINT)
-FROM idem_keys WHERE scope = $1 AND idem_key = $2",
-    complete: "\
-UPDATE idem_keys
+    read: concat!(
+        "SELECT '",
+        pg_tag!(read),
+        "' AS tag, k.fingerprint, k.state, k.status, k.headers, k.body, ",
+        postgres_left!("k."),
+        "
+FROM (SELECT 1) AS one LEFT JOIN idem_keys AS k ON k.scope = $1 AND k.idem_key = $2"
+    ),
+    complete: postgres_counted!(
+        complete,
+        "UPDATE idem_keys
 SET state = 'done', status = $1, headers = $2, body = $3, completed_at = now(), lease_until = NULL
-WHERE scope = $4 AND idem_key = $5 AND token = $6 AND state = 'running'",
-    release: "\
-DELETE FROM idem_keys WHERE scope = $1 AND idem_key = $2 AND token = $3 AND state = 'running'",
-    purge_completed: postgres_purge!("state = 'done' AND completed_at"),
-    purge_abandoned: postgres_purge!("state = 'running' AND lease_until"),
+WHERE scope = $4 AND idem_key = $5 AND token = $6 AND state = 'running'"
+    ),
+    release: postgres_counted!(
+        release,
+        "DELETE FROM idem_keys WHERE scope = $1 AND idem_key = $2 AND token = $3 AND state = 'running'"
+    ),
+    purge_completed: postgres_purge!(purge_completed, "state = 'done' AND completed_at"),
+    purge_abandoned: postgres_purge!(purge_abandoned, "state = 'running' AND lease_until"),
     identifiers: None,
 };
 
@@ -165,7 +260,6 @@ CREATE TABLE IF NOT EXISTS idem_keys (
     claim: "\
 INSERT IGNORE INTO idem_keys (scope, idem_key, fingerprint, token, lease_until, state, attempt, created_at)
 VALUES (?, ?, ?, ?, UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND, 'running', 1, UTC_TIMESTAMP(6))",
-    claim_reads: false,
     takeover: "\
 UPDATE idem_keys
 SET token = ?, lease_until = UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND, attempt = attempt + 1
@@ -274,7 +368,6 @@ WHERE idem_keys.state = 'running' AND idem_keys.lease_until <= ",
         " AND idem_keys.fingerprint = excluded.fingerprint
 RETURNING attempt"
     ),
-    claim_reads: false,
     takeover: "",
     read: concat!(
         "SELECT fingerprint, state, status, headers, body, CAST((lease_until - ",

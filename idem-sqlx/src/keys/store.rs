@@ -1,8 +1,10 @@
-//! The store's statements, written once and expanded for each backend's
-//! [`KeyBackend`] impl: the backends' query results and executors are
-//! concrete types, so a macro keeps one body instead of a wall of generic
-//! bounds. The store itself ([`KeyStore`], `install`, `run_once`) is
-//! written once, generic over [`KeyBackend`].
+//! The store's statements on MySQL/MariaDB and SQLite, written once and
+//! expanded for each backend's [`KeyBackend`] impl: the backends' query
+//! results and executors are concrete types, so a macro keeps one body
+//! instead of a wall of generic bounds. PostgreSQL's are in
+//! `keys/postgres.rs`. The claim's loop ([`claim`]) and the store itself
+//! ([`KeyStore`], `install`, `run_once`) are written once, generic over
+//! [`ClaimStatements`] and [`KeyBackend`].
 
 use std::any::Any;
 use std::sync::Arc;
@@ -18,7 +20,7 @@ use super::{KeyBackend, Once, SqlKeyStore, Stale};
 use crate::purge::in_chunks;
 use crate::retry::{retry_transient, run_transaction, Failure};
 use crate::schema::install_scripts;
-use crate::{Backend, Error, ErrorKind, HandlerError};
+use crate::{Backend, Error, ErrorKind, HandlerError, Protocol};
 
 /// How many times a claim re-runs its statements when the record vanished
 /// or its lease ran out between them, before it answers "in progress".
@@ -28,7 +30,7 @@ const MAX_CLAIM_ROUNDS: u32 = 8;
 /// `now + lease` never overflows a timestamp type.
 const MAX_MICROS: i64 = 100 * 365 * 24 * 3600 * 1_000_000;
 
-fn micros(duration: Duration) -> i64 {
+pub(super) fn micros(duration: Duration) -> i64 {
     i64::try_from(duration.as_micros()).map_or(MAX_MICROS, |m| m.min(MAX_MICROS))
 }
 
@@ -39,21 +41,9 @@ fn new_token() -> i64 {
 }
 
 /// A record as `read` returns it.
-type Row = (
+pub(super) type Row = (
     String,
     String,
-    Option<i32>,
-    Option<String>,
-    Option<Vec<u8>>,
-    Option<i64>,
-);
-
-/// A claim's row on PostgreSQL: the attempt it claimed, or else the
-/// record it collided with, in `read`'s columns.
-type ClaimRow = (
-    Option<i32>,
-    Option<String>,
-    Option<String>,
     Option<i32>,
     Option<String>,
     Option<Vec<u8>>,
@@ -61,7 +51,7 @@ type ClaimRow = (
 );
 
 /// What a claim's insert did.
-enum Inserted {
+pub(super) enum Inserted {
     /// A new record.
     New,
     /// An expired lease of this fingerprint, taken over.
@@ -119,13 +109,13 @@ fn decode_response(
     })
 }
 
-fn encode_headers(response: &StoredResponse) -> String {
+pub(super) fn encode_headers(response: &StoredResponse) -> String {
     serde_json::to_string(&response.headers).expect("a list of strings and bytes serializes")
 }
 
 /// The insert's answer for the `attempt` it returned: 1 is a new record,
 /// more is a lease taken over.
-fn attempted(attempt: i32) -> Inserted {
+pub(super) fn attempted(attempt: i32) -> Inserted {
     if attempt > 1 {
         Inserted::TakenOver
     } else {
@@ -139,6 +129,9 @@ pub(super) struct ClaimArgs<'a> {
     pub key: &'a IdempotencyKey,
     pub fingerprint: &'a Fingerprint,
     pub lease: Duration,
+    /// How the statements go to PostgreSQL.
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+    pub protocol: Protocol,
 }
 
 impl ClaimArgs<'_> {
@@ -147,6 +140,110 @@ impl ClaimArgs<'_> {
     }
 }
 
+/// The statements a claim is made of on one backend; the claim itself
+/// ([`claim`]) is written once.
+pub(super) trait ClaimStatements {
+    /// The backend's connection.
+    type Conn: Send;
+
+    /// Whether `insert` also takes over an expired lease of the same
+    /// fingerprint (PostgreSQL and SQLite); else `take_over` does, after
+    /// `read` saw the lease expired (MySQL).
+    const INSERT_TAKES_OVER: bool;
+
+    /// Inserts the record (or takes over an expired lease, see
+    /// `INSERT_TAKES_OVER`); on PostgreSQL the same statement also reads
+    /// the record it collided with.
+    fn insert<'c>(
+        conn: &'c mut Self::Conn,
+        args: &'c ClaimArgs<'c>,
+        token: i64,
+    ) -> BoxFuture<'c, Result<Inserted, Error>>;
+
+    /// Reads the record.
+    fn read<'c>(
+        conn: &'c mut Self::Conn,
+        args: &'c ClaimArgs<'c>,
+    ) -> BoxFuture<'c, Result<Option<Row>, Error>>;
+
+    /// Takes over an expired lease of this fingerprint (MySQL); `true`
+    /// when it did.
+    fn take_over<'c>(
+        conn: &'c mut Self::Conn,
+        args: &'c ClaimArgs<'c>,
+        token: i64,
+    ) -> BoxFuture<'c, Result<bool, Error>>;
+}
+
+/// [`KeyBackend::claim_on`] with the statements of `C`.
+pub(super) fn claim_with<'c, C: ClaimStatements>(
+    conn: &'c mut C::Conn,
+    scope: &'c Scope,
+    key: &'c IdempotencyKey,
+    fingerprint: &'c Fingerprint,
+    lease: Duration,
+    protocol: Protocol,
+) -> BoxFuture<'c, Result<Claim, Error>> {
+    Box::pin(async move {
+        let args = ClaimArgs {
+            scope,
+            key,
+            fingerprint,
+            lease,
+            protocol,
+        };
+        claim::<C>(conn, &args).await
+    })
+}
+
+/// Claims `args.key` in `args.scope` with the statements of `C`.
+async fn claim<C: ClaimStatements>(
+    conn: &mut C::Conn,
+    args: &ClaimArgs<'_>,
+) -> Result<Claim, Error> {
+    for _ in 0..MAX_CLAIM_ROUNDS {
+        let token = new_token();
+        let seen = match C::insert(conn, args, token).await? {
+            Inserted::New => return Ok(Claim::New(args.lease(token))),
+            Inserted::TakenOver => return Ok(Claim::Recovered(args.lease(token))),
+            Inserted::Exists(seen) => seen,
+        };
+        let row = match seen {
+            Some(row) => Some(row),
+            None => C::read(conn, args).await?,
+        };
+        match interpret(row, args.fingerprint)? {
+            Read::Answer(claim) => return Ok(claim),
+            // Gone since the insert: insert again.
+            Read::Vanished => {}
+            // The next insert takes it over.
+            Read::Expired if C::INSERT_TAKES_OVER => {}
+            Read::Expired => {
+                if C::take_over(conn, args, token).await? {
+                    return Ok(Claim::Recovered(args.lease(token)));
+                }
+            }
+        }
+    }
+    // Other requests keep releasing and re-claiming this key between our
+    // statements: it is busy, so say so.
+    Ok(Claim::InProgress {
+        retry_after: Duration::from_secs(1),
+    })
+}
+
+/// A completion's answer for the number of records it updated.
+pub(super) fn completion(updated: u64) -> Completion {
+    if updated == 1 {
+        Completion::Stored
+    } else {
+        Completion::LeaseLost
+    }
+}
+
+/// The key store on MySQL/MariaDB and SQLite: its statements through
+/// sqlx, the same body for both (PostgreSQL's, which check tags and may
+/// use the simple protocol, are in `keys/postgres.rs`).
 macro_rules! sql_key_store {
     ($feature:literal, $db:ty) => {
         #[cfg(feature = $feature)]
@@ -162,9 +259,64 @@ macro_rules! sql_key_store {
 
             const SQL: &KeySql = for_dialect(<$db as Backend>::DIALECT);
 
-            /// Inserts the record. On PostgreSQL and SQLite the same
-            /// statement takes over an expired lease of this fingerprint,
-            /// and on PostgreSQL it also reads the record it collided with.
+            struct Statements;
+
+            impl ClaimStatements for Statements {
+                type Conn = Conn;
+
+                const INSERT_TAKES_OVER: bool = SQL.takeover.is_empty();
+
+                fn insert<'c>(
+                    conn: &'c mut Conn,
+                    args: &'c ClaimArgs<'c>,
+                    token: i64,
+                ) -> BoxFuture<'c, Result<Inserted, Error>> {
+                    Box::pin(
+                        async move { insert(conn, args, token).await.map_err(db_error::<$db>) },
+                    )
+                }
+
+                fn read<'c>(
+                    conn: &'c mut Conn,
+                    args: &'c ClaimArgs<'c>,
+                ) -> BoxFuture<'c, Result<Option<Row>, Error>> {
+                    Box::pin(async move {
+                        sqlx::query_as(SQL.read)
+                            .bind(args.scope.as_str())
+                            .bind(args.key.as_str())
+                            .fetch_optional(&mut *conn)
+                            .await
+                            .map_err(db_error::<$db>)
+                    })
+                }
+
+                /// MySQL: run only after a read saw the lease expired, so
+                /// duplicates that will replay or wait never ask for the
+                /// row's exclusive lock (in a transaction, two of them
+                /// upgrading their shared locks would deadlock).
+                fn take_over<'c>(
+                    conn: &'c mut Conn,
+                    args: &'c ClaimArgs<'c>,
+                    token: i64,
+                ) -> BoxFuture<'c, Result<bool, Error>> {
+                    Box::pin(async move {
+                        let taken = sqlx::query(SQL.takeover)
+                            .bind(token)
+                            .bind(micros(args.lease))
+                            .bind(args.scope.as_str())
+                            .bind(args.key.as_str())
+                            .bind(args.fingerprint.to_hex())
+                            .execute(&mut *conn)
+                            .await
+                            .map_err(db_error::<$db>)?
+                            .rows_affected();
+                        Ok(taken == 1)
+                    })
+                }
+            }
+
+            /// Inserts the record. On SQLite the same statement takes
+            /// over an expired lease of this fingerprint.
             async fn insert(
                 conn: &mut Conn,
                 args: &ClaimArgs<'_>,
@@ -172,26 +324,6 @@ macro_rules! sql_key_store {
             ) -> Result<Inserted, sqlx::Error> {
                 let fingerprint = args.fingerprint.to_hex();
                 let lease = micros(args.lease);
-                if SQL.claim_reads {
-                    let row: Option<ClaimRow> = sqlx::query_as(SQL.claim)
-                        .bind(args.scope.as_str())
-                        .bind(args.key.as_str())
-                        .bind(fingerprint)
-                        .bind(token)
-                        .bind(lease)
-                        .fetch_optional(&mut *conn)
-                        .await?;
-                    return match row {
-                        None => Ok(Inserted::Exists(None)),
-                        Some((Some(attempt), ..)) => Ok(attempted(attempt)),
-                        Some((None, Some(fp), Some(state), status, headers, body, left)) => Ok(
-                            Inserted::Exists(Some((fp, state, status, headers, body, left))),
-                        ),
-                        Some(_) => Err(sqlx::Error::Decode(
-                            "idem_keys: a record without fingerprint or state".into(),
-                        )),
-                    };
-                }
                 if SQL.takeover.is_empty() {
                     let attempt: Option<i32> = sqlx::query_scalar(SQL.claim)
                         .bind(args.scope.as_str())
@@ -219,90 +351,6 @@ macro_rules! sql_key_store {
                 })
             }
 
-            /// MySQL: takes over an expired lease of this fingerprint. Run
-            /// only after a read saw it expired, so duplicates that will
-            /// replay or wait never ask for the row's exclusive lock (in a
-            /// transaction, two of them upgrading their shared locks would
-            /// deadlock).
-            async fn take_over(
-                conn: &mut Conn,
-                args: &ClaimArgs<'_>,
-                token: i64,
-            ) -> Result<bool, sqlx::Error> {
-                let taken = sqlx::query(SQL.takeover)
-                    .bind(token)
-                    .bind(micros(args.lease))
-                    .bind(args.scope.as_str())
-                    .bind(args.key.as_str())
-                    .bind(args.fingerprint.to_hex())
-                    .execute(&mut *conn)
-                    .await?
-                    .rows_affected();
-                Ok(taken == 1)
-            }
-
-            async fn claim_on(conn: &mut Conn, args: &ClaimArgs<'_>) -> Result<Claim, Error> {
-                for _ in 0..MAX_CLAIM_ROUNDS {
-                    let token = new_token();
-                    let seen = match insert(conn, args, token).await.map_err(db_error::<$db>)? {
-                        Inserted::New => return Ok(Claim::New(args.lease(token))),
-                        Inserted::TakenOver => return Ok(Claim::Recovered(args.lease(token))),
-                        Inserted::Exists(seen) => seen,
-                    };
-                    let row: Option<Row> = match seen {
-                        Some(row) => Some(row),
-                        None => sqlx::query_as(SQL.read)
-                            .bind(args.scope.as_str())
-                            .bind(args.key.as_str())
-                            .fetch_optional(&mut *conn)
-                            .await
-                            .map_err(db_error::<$db>)?,
-                    };
-                    match interpret(row, args.fingerprint)? {
-                        Read::Answer(claim) => return Ok(claim),
-                        // Gone since the insert: insert again.
-                        Read::Vanished => {}
-                        // The next upsert takes it over.
-                        Read::Expired if SQL.takeover.is_empty() => {}
-                        Read::Expired => {
-                            if take_over(conn, args, token)
-                                .await
-                                .map_err(db_error::<$db>)?
-                            {
-                                return Ok(Claim::Recovered(args.lease(token)));
-                            }
-                        }
-                    }
-                }
-                // Other requests keep releasing and re-claiming this key
-                // between our statements: it is busy, so say so.
-                Ok(Claim::InProgress {
-                    retry_after: Duration::from_secs(1),
-                })
-            }
-
-            async fn complete_on(
-                conn: &mut Conn,
-                lease: &Lease,
-                response: &StoredResponse,
-            ) -> Result<Completion, sqlx::Error> {
-                let done = sqlx::query(SQL.complete)
-                    .bind(i32::from(response.status))
-                    .bind(encode_headers(response))
-                    .bind(response.body.as_slice())
-                    .bind(lease.scope().as_str())
-                    .bind(lease.key().as_str())
-                    .bind(lease.token())
-                    .execute(&mut *conn)
-                    .await?
-                    .rows_affected();
-                Ok(if done == 1 {
-                    Completion::Stored
-                } else {
-                    Completion::LeaseLost
-                })
-            }
-
             impl KeyBackend for $db {
                 fn claim_on<'c>(
                     conn: &'c mut Conn,
@@ -310,33 +358,37 @@ macro_rules! sql_key_store {
                     key: &'c IdempotencyKey,
                     fingerprint: &'c Fingerprint,
                     lease: Duration,
+                    protocol: Protocol,
                 ) -> BoxFuture<'c, Result<Claim, Error>> {
-                    Box::pin(async move {
-                        let args = ClaimArgs {
-                            scope,
-                            key,
-                            fingerprint,
-                            lease,
-                        };
-                        claim_on(conn, &args).await
-                    })
+                    claim_with::<Statements>(conn, scope, key, fingerprint, lease, protocol)
                 }
 
                 fn complete_on<'c>(
                     conn: &'c mut Conn,
                     lease: &'c Lease,
                     response: &'c StoredResponse,
+                    _: Protocol,
                 ) -> BoxFuture<'c, Result<Completion, Error>> {
                     Box::pin(async move {
-                        complete_on(conn, lease, response)
+                        let done = sqlx::query(SQL.complete)
+                            .bind(i32::from(response.status))
+                            .bind(encode_headers(response))
+                            .bind(response.body.as_slice())
+                            .bind(lease.scope().as_str())
+                            .bind(lease.key().as_str())
+                            .bind(lease.token())
+                            .execute(&mut *conn)
                             .await
-                            .map_err(db_error::<$db>)
+                            .map_err(db_error::<$db>)?
+                            .rows_affected();
+                        Ok(completion(done))
                     })
                 }
 
                 fn release_on<'c>(
                     conn: &'c mut Conn,
                     lease: &'c Lease,
+                    _: Protocol,
                 ) -> BoxFuture<'c, Result<(), Error>> {
                     Box::pin(async move {
                         sqlx::query(SQL.release)
@@ -355,6 +407,7 @@ macro_rules! sql_key_store {
                     stale: Stale,
                     retention: Duration,
                     limit: i64,
+                    _: Protocol,
                 ) -> BoxFuture<'_, Result<u64, Error>> {
                     let statement = match stale {
                         Stale::Completed => SQL.purge_completed,
@@ -392,7 +445,6 @@ macro_rules! sql_key_store {
     };
 }
 
-sql_key_store!("postgres", sqlx::Postgres);
 sql_key_store!("mysql", sqlx::MySql);
 sql_key_store!("sqlite", sqlx::Sqlite);
 
@@ -409,7 +461,7 @@ impl<B: KeyBackend> KeyStore for SqlKeyStore<B> {
     ) -> Result<Claim, Error> {
         retry_transient(&self.retry, || async {
             let mut conn = self.pool.acquire().await.map_err(Error::Database)?;
-            B::claim_on(&mut conn, scope, key, fingerprint, lease).await
+            B::claim_on(&mut conn, scope, key, fingerprint, lease, self.protocol()).await
         })
         .await
     }
@@ -421,7 +473,7 @@ impl<B: KeyBackend> KeyStore for SqlKeyStore<B> {
     ) -> Result<Completion, Error> {
         retry_transient(&self.retry, || async {
             let mut conn = self.pool.acquire().await.map_err(Error::Database)?;
-            B::complete_on(&mut conn, lease, response).await
+            B::complete_on(&mut conn, lease, response, self.protocol()).await
         })
         .await
     }
@@ -429,7 +481,7 @@ impl<B: KeyBackend> KeyStore for SqlKeyStore<B> {
     async fn release(&self, lease: &Lease) -> Result<(), Error> {
         retry_transient(&self.retry, || async {
             let mut conn = self.pool.acquire().await.map_err(Error::Database)?;
-            B::release_on(&mut conn, lease).await
+            B::release_on(&mut conn, lease, self.protocol()).await
         })
         .await
     }
@@ -449,7 +501,7 @@ impl<B: KeyBackend> KeyStore for SqlKeyStore<B> {
             purged += in_chunks(self.purge_chunk, |limit| {
                 retry_transient(&self.retry, move || async move {
                     let mut conn = self.pool.acquire().await.map_err(Error::Database)?;
-                    B::purge_chunk_on(&mut conn, stale, retention, limit).await
+                    B::purge_chunk_on(&mut conn, stale, retention, limit, self.protocol()).await
                 })
             })
             .await?;
@@ -524,12 +576,13 @@ impl<B: KeyBackend> SqlKeyStore<B> {
         // Each attempt's future owns what it uses: the runner's
         // closure hands out futures for any transaction lifetime.
         let shared = Arc::new((work, scope.clone(), key.clone(), *fingerprint));
+        let protocol = self.protocol();
         run_transaction(&self.pool, &self.retry, move |tx| {
             let shared = Arc::clone(&shared);
             Box::pin(async move {
                 let (work, scope, key, fingerprint) = &*shared;
                 let lease = idem_core::keys::DEFAULT_LEASE;
-                let claim = B::claim_on(tx, scope, key, fingerprint, lease).await?;
+                let claim = B::claim_on(tx, scope, key, fingerprint, lease, protocol).await?;
                 let lease = match claim {
                     Claim::New(lease) | Claim::Recovered(lease) => lease,
                     Claim::Replay(response) => return Ok(Once::Replayed(response)),
@@ -543,7 +596,7 @@ impl<B: KeyBackend> SqlKeyStore<B> {
                     }
                 };
                 let response = work(tx).await.map_err(work_failure::<B, E>)?;
-                match B::complete_on(tx, &lease, &response).await? {
+                match B::complete_on(tx, &lease, &response, protocol).await? {
                     Completion::Stored => Ok(Once::Ran(response)),
                     Completion::LeaseLost => {
                         Err(Failure::Idem(Error::Core(idem_core::Error::LeaseLost)))
