@@ -1,7 +1,8 @@
-//! Every idem future that holds a transaction is safe to cancel: dropped
-//! at any await — a `select!`, a timeout, a client that hangs up — it
-//! leaves no transaction open on a pooled connection, so the next borrower
-//! of that connection commits what it writes.
+//! Every transaction idem opens on a connection it takes from a pool
+//! (`apply_with`, `apply_many`, `Inbox::process`, `SqlKeyStore::run_once`,
+//! the installs) is safe to cancel: dropped at any await — a `select!`, a
+//! timeout, a client that hangs up — it hands its pool no connection in a
+//! state sqlx does not know, so the next borrower commits what it writes.
 //!
 //! sqlx 0.8.6 raises a connection's transaction depth only after `BEGIN`
 //! returns, so a future dropped while `BEGIN` is in flight leaves the
@@ -16,13 +17,20 @@ use std::pin::pin;
 use std::task::Poll;
 
 use async_trait::async_trait;
+use idem::keys::{Fingerprint, IdempotencyKey, Scope, StoredResponse};
 use idem::prelude::*;
 use idem_sqlx::inbox::{self, EventId, Inbox, InboxHandler};
+use idem_sqlx::keys::{KeyBackend, SqlKeyStore};
 use idem_sqlx::Backend;
 use sqlx::{Database, Executor, IntoArguments, Pool};
 
 #[derive(StateMachine, Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[state_machine(table = "invoices", column = "status", key = "id", history = "invoice_history")]
+#[state_machine(
+    table = "invoices",
+    column = "status",
+    key = "id",
+    history = "invoice_history"
+)]
 #[state_machine(transitions(pay: Issued -> Paid))]
 enum Invoice {
     #[state_machine(initial)]
@@ -75,13 +83,13 @@ async fn cancel_after<F: Future>(polls: u32, future: F) {
     }
 }
 
-const ROUNDS: i64 = 120;
+const ROUNDS: i64 = 300;
 
 /// The pool (one connection, so every call reuses the one a cancelled
 /// future gave back) and a second pool on the same database to look from.
 async fn check<DB>(pool: Pool<DB>, observer: Pool<DB>, create: &str, qualify: &str)
 where
-    DB: Backend + idem_sqlx::inbox::InboxBackend,
+    DB: Backend + idem_sqlx::inbox::InboxBackend + KeyBackend,
     i64: idem_sqlx::Key<DB>,
     for<'e> &'e Pool<DB>: Executor<'e, Database = DB>,
     for<'q> <DB as Database>::Arguments<'q>: IntoArguments<'q, DB>,
@@ -89,14 +97,26 @@ where
     usize: sqlx::ColumnIndex<DB::Row>,
 {
     sqlx::raw_sql(create).execute(&pool).await.unwrap();
-    idem_sqlx::history::install::<Invoice, DB>(&pool).await.unwrap();
+    idem_sqlx::history::install::<Invoice, DB>(&pool)
+        .await
+        .unwrap();
     inbox::install(&pool).await.unwrap();
     let inbox = Inbox::new(pool.clone(), "cancellation").unwrap();
+    let keys = SqlKeyStore::new(pool.clone());
+    keys.install().await.unwrap();
+    let scope = Scope::new("client", "cancellation").unwrap();
+    let fingerprint = Fingerprint::of_bytes(b"request");
     for round in 1..=ROUNDS {
-        let polls = (round % 6) as u32 + 1;
+        let polls = (round % 10) as u32 + 1;
         match round % 3 {
             0 => cancel_after(polls, Invoice::pay().apply_with(&pool, round, &Nothing)).await,
-            1 => cancel_after(polls, Invoice::pay().apply(&pool, round)).await,
+            1 => {
+                let key = IdempotencyKey::new(format!("key-{round}")).unwrap();
+                let once = keys.run_once::<sqlx::Error, _>(&scope, &key, &fingerprint, |_| {
+                    Box::pin(async { Ok(StoredResponse::new(201, b"done".to_vec())) })
+                });
+                cancel_after(polls, once).await
+            }
             _ => {
                 let event = EventId::new(format!("evt-{round}")).unwrap();
                 cancel_after(polls, inbox.process(&event, &Nothing)).await
