@@ -692,7 +692,7 @@ macro_rules! transactional {
             use super::*;
             use idem_sqlx::HandlerError;
 
-            type Tx = sqlx::Transaction<'static, $db>;
+            type Conn = <$db as sqlx::Database>::Connection;
 
             #[derive(Debug)]
             struct Declined;
@@ -720,20 +720,25 @@ macro_rules! transactional {
                 fail: bool,
             ) -> Result<Once, HandlerError<Declined>> {
                 store
-                    .run_once(&scope("c"), &key("tx-1"), &fp(body), move |tx: &mut Tx| {
-                        let runs = runs.clone();
-                        Box::pin(async move {
-                            runs.fetch_add(1, Ordering::SeqCst);
-                            sqlx::query("INSERT INTO effects (n) VALUES (1)")
-                                .execute(&mut **tx)
-                                .await
-                                .unwrap();
-                            if fail {
-                                return Err(Declined);
-                            }
-                            Ok(response(b"committed"))
-                        })
-                    })
+                    .run_once(
+                        &scope("c"),
+                        &key("tx-1"),
+                        &fp(body),
+                        move |tx: &mut Conn| {
+                            let runs = runs.clone();
+                            Box::pin(async move {
+                                runs.fetch_add(1, Ordering::SeqCst);
+                                sqlx::query("INSERT INTO effects (n) VALUES (1)")
+                                    .execute(&mut *tx)
+                                    .await
+                                    .unwrap();
+                                if fail {
+                                    return Err(Declined);
+                                }
+                                Ok(response(b"committed"))
+                            })
+                        },
+                    )
                     .await
             }
 
@@ -788,15 +793,15 @@ macro_rules! transactional {
             async fn when_the_response_cannot_be_stored_the_work_rolls_back_with_it() {
                 let Some(store) = setup(2).await else { return };
                 let sabotaged = store
-                    .run_once(&scope("c"), &key("tx-2"), &fp("x"), |tx: &mut Tx| {
+                    .run_once(&scope("c"), &key("tx-2"), &fp("x"), |tx: &mut Conn| {
                         Box::pin(async move {
                             sqlx::query("INSERT INTO effects (n) VALUES (1)")
-                                .execute(&mut **tx)
+                                .execute(&mut *tx)
                                 .await
                                 .unwrap();
                             // The claim vanishes before the response is stored.
                             sqlx::query("DELETE FROM idem_keys")
-                                .execute(&mut **tx)
+                                .execute(&mut *tx)
                                 .await
                                 .unwrap();
                             Ok::<_, Declined>(response(b"lost"))
@@ -946,13 +951,13 @@ async fn a_conflict_in_transactional_work_is_retried_on_postgres() {
             let run = counter.fetch_add(1, Ordering::SeqCst);
             Box::pin(async move {
                 sqlx::query("INSERT INTO effects (n) VALUES (1)")
-                    .execute(&mut **tx)
+                    .execute(&mut *tx)
                     .await?;
                 if run == 0 {
                     sqlx::query(
                         "DO $$ BEGIN RAISE EXCEPTION 'injected' USING ERRCODE = '40001'; END $$",
                     )
-                    .execute(&mut **tx)
+                    .execute(&mut *tx)
                     .await?;
                 }
                 Ok(StoredResponse::new(201, b"done".to_vec()))

@@ -698,19 +698,19 @@ macro_rules! dropped_connection {
                 let Some(pool) = with_effects().await else { return };
                 let store = SqlKeyStore::new(pool.clone());
                 store.install().await.unwrap();
-                let run = |kill: bool| {
+                let run = |dies: bool| {
                     let (store, pool) = (store.clone(), pool.clone());
                     async move {
                         store
-                            .run_once(&scope(), &key("tx"), &fp(), move |tx: &mut sqlx::Transaction<'static, DB>| {
+                            .run_once(&scope(), &key("tx"), &fp(), move |tx: &mut <DB as sqlx::Database>::Connection| {
                                 let pool = pool.clone();
                                 Box::pin(async move {
                                     sqlx::query("INSERT INTO effects (n) VALUES (1)")
-                                        .execute(&mut **tx)
+                                        .execute(&mut *tx)
                                         .await
                                         .unwrap();
-                                    if kill {
-                                        kill_tx(tx, &pool).await;
+                                    if dies {
+                                        kill(tx, &pool).await;
                                     }
                                     Ok::<_, String>(response(b"ran"))
                                 })
@@ -727,9 +727,6 @@ macro_rules! dropped_connection {
                 assert_eq!(count(&pool, "SELECT COUNT(*) FROM effects").await, 1);
             }
 
-            async fn kill_tx(tx: &mut sqlx::Transaction<'static, DB>, pool: &Pool<DB>) {
-                kill(&mut **tx, pool).await
-            }
         }
     };
 }

@@ -273,7 +273,7 @@ async fn racing_run_once_through_pgbouncer_in_transaction_mode_runs_the_work_onc
                         sqlx::query("INSERT INTO work (n) VALUES ($1)")
                             .bind(i as i64)
                             .persistent(false)
-                            .execute(&mut **tx)
+                            .execute(&mut *tx)
                             .await?;
                         Ok(response())
                     }) as BoxFuture<'_, _>

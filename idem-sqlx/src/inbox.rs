@@ -448,7 +448,7 @@ impl<B: InboxBackend, H: InboxHandler<B>> Attempt<B, Delivery<H::Output>, H::Err
 {
     fn run<'t>(
         &'t mut self,
-        tx: &'t mut sqlx::Transaction<'static, B>,
+        tx: &'t mut B::Connection,
     ) -> BoxFuture<'t, Result<Delivery<H::Output>, Failure<H::Error>>> {
         Box::pin(async move {
             let marker = B::insert_marker(tx, self.consumer, self.event_id.as_str(), self.protocol);
@@ -477,7 +477,7 @@ struct Purge<'a> {
 impl<B: InboxBackend> Attempt<B, u64, Infallible> for Purge<'_> {
     fn run<'t>(
         &'t mut self,
-        tx: &'t mut sqlx::Transaction<'static, B>,
+        tx: &'t mut B::Connection,
     ) -> BoxFuture<'t, Result<u64, Failure<Infallible>>> {
         Box::pin(async move {
             let chunk =

@@ -175,46 +175,52 @@ where
 {
     Box::pin(async move {
         let mut conn = acquire.acquire().await.map_err(db_error::<A::Database>)?;
-        let mut tx = savepoint::begin::<A::Database>(&mut conn)
-            .await
-            .map_err(db_error::<A::Database>)?;
-        let error = match A::Database::execute_on(&mut tx, insert).await {
-            Ok(done) => {
-                tx.commit().await.map_err(db_error::<A::Database>)?;
-                return Ok(Insert::Inserted(done));
-            }
-            Err(error) => error,
-        };
-        let enclosing = savepoint::roll_back(tx)
-            .await
-            .map_err(db_error::<A::Database>)?;
-        if let Enclosing::Ended(_) = enclosing {
-            return Err(savepoint::ended::<A::Database>(
-                db_error::<A::Database>(error),
-                enclosing,
-            ));
-        }
-        if A::Database::error_kind(&error) != ErrorKind::UniqueViolation {
-            return Err(db_error::<A::Database>(error));
-        }
-        let verdict = A::Database::resolve(&mut conn, key, &error)
-            .await
-            .map_err(db_error::<A::Database>)?;
-        match verdict {
-            Verdict::BusinessKey => Ok(Insert::AlreadyExists),
-            Verdict::Other(violated) => Err(Error::OtherUniqueViolation {
-                key: Box::new(key.clone()),
-                violated: Box::new(violated),
-                source: error,
-            }),
-            Verdict::Unresolved(violated, reason) => Err(Error::UnresolvedUniqueViolation {
-                key: Box::new(key.clone()),
-                violated: Box::new(violated),
-                reason,
-                source: error,
-            }),
-        }
+        insert_on::<A::Database, Q>(&mut conn, key, insert).await
     })
+}
+
+/// [`insert_once`] on the connection it was given or took.
+async fn insert_on<'q, DB, Q>(
+    conn: &mut DB::Connection,
+    key: &BusinessKey,
+    insert: Q,
+) -> Result<Insert<DB::QueryResult>, Error>
+where
+    DB: InsertBackend,
+    Q: Execute<'q, DB> + 'q,
+{
+    let mut tx = savepoint::begin::<DB>(conn).await.map_err(db_error::<DB>)?;
+    let error = match DB::execute_on(&mut tx, insert).await {
+        Ok(done) => {
+            tx.commit().await.map_err(db_error::<DB>)?;
+            return Ok(Insert::Inserted(done));
+        }
+        Err(error) => error,
+    };
+    let enclosing = savepoint::roll_back(tx).await.map_err(db_error::<DB>)?;
+    if let Enclosing::Ended(_) = enclosing {
+        return Err(savepoint::ended::<DB>(db_error::<DB>(error), enclosing));
+    }
+    if DB::error_kind(&error) != ErrorKind::UniqueViolation {
+        return Err(db_error::<DB>(error));
+    }
+    let verdict = DB::resolve(conn, key, &error)
+        .await
+        .map_err(db_error::<DB>)?;
+    match verdict {
+        Verdict::BusinessKey => Ok(Insert::AlreadyExists),
+        Verdict::Other(violated) => Err(Error::OtherUniqueViolation {
+            key: Box::new(key.clone()),
+            violated: Box::new(violated),
+            source: error,
+        }),
+        Verdict::Unresolved(violated, reason) => Err(Error::UnresolvedUniqueViolation {
+            key: Box::new(key.clone()),
+            violated: Box::new(violated),
+            reason,
+            source: error,
+        }),
+    }
 }
 
 /// A backend [`insert_once`] runs on: PostgreSQL, MySQL/MariaDB and SQLite.

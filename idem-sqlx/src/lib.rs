@@ -113,6 +113,31 @@
 //! statements need, and what the prepared mode does behind such a pooler
 //! (it refuses every answer it can tell is another statement's:
 //! [`Error::Misrouted`]).
+//!
+//! # Cancellation
+//!
+//! A call idem makes on a connection it takes from your pool is safe to
+//! drop at any `.await` (a timeout, a `select!`, a client that hangs up):
+//! [`TransitionExt::apply_with`], [`TransitionExt::apply_many`] on MySQL
+//! and SQLite, [`Inbox::process`](inbox::Inbox::process),
+//! [`SqlKeyStore::run_once`](keys::SqlKeyStore::run_once) and the installs.
+//! Its transaction is rolled back, and when it is dropped before it ends
+//! the connection is closed instead of going back to the pool, because
+//! sqlx 0.8.6 cannot hand such a connection back in a usable state: a
+//! `BEGIN` in flight leaves the session inside a transaction sqlx does not
+//! count, so the pool's next user writes inside it and never commits
+//! (transact-rs/sqlx#4385, #4393, on every backend), and a MySQL statement
+//! dropped while it is being prepared leaves the connection out of step
+//! with the server. The cost is one new connection per dropped call.
+//!
+//! Calls on a connection you lend idem (an open transaction, `&mut` a
+//! connection, [`TransitionExt::apply_with_in`] and
+//! [`TransitionExt::apply_with_on`], [`insert_once`] on either) use that
+//! connection as sqlx leaves it, and so does [`TransitionExt::apply`] on a
+//! pool when it opens a transaction of its own (a history table on MySQL
+//! or SQLite): dropping one of those at an `.await` has the sqlx faults
+//! above. Drop a connection whose call you dropped rather than reuse it
+//! (`PoolConnection::close_on_drop`), or let such calls finish.
 
 mod backend;
 #[cfg(any(feature = "mysql", feature = "sqlite"))]

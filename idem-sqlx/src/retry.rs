@@ -1,6 +1,7 @@
 use std::time::Duration;
 
-use crate::savepoint;
+use crate::backend::db_error;
+use crate::savepoint::{self, Held};
 use crate::{Backend, Error, ErrorKind, HandlerError};
 
 /// Bounded, jittered exponential backoff for transactions idem owns, used
@@ -89,7 +90,7 @@ pub(crate) async fn run_transaction<B, T, E, F>(
 where
     B: Backend,
     F: for<'t> FnMut(
-        &'t mut sqlx::Transaction<'static, B>,
+        &'t mut B::Connection,
     ) -> futures::future::BoxFuture<'t, Result<T, Failure<E>>>,
 {
     run_attempts(pool, policy, Closure(&mut work)).await
@@ -99,10 +100,11 @@ where
 /// a closure so that the work may borrow data (a key, a handler): the
 /// `&'t mut self` receiver tells the compiler the borrow outlives `'t`.
 pub(crate) trait Attempt<B: Backend, T, E> {
-    /// Runs the work once in `tx` (which the caller commits).
+    /// Runs the work once on `tx`, inside the transaction (which the
+    /// caller commits).
     fn run<'t>(
         &'t mut self,
-        tx: &'t mut sqlx::Transaction<'static, B>,
+        tx: &'t mut B::Connection,
     ) -> futures::future::BoxFuture<'t, Result<T, Failure<E>>>;
 }
 
@@ -112,12 +114,12 @@ impl<B, T, E, F> Attempt<B, T, E> for Closure<'_, F>
 where
     B: Backend,
     F: for<'t> FnMut(
-        &'t mut sqlx::Transaction<'static, B>,
+        &'t mut B::Connection,
     ) -> futures::future::BoxFuture<'t, Result<T, Failure<E>>>,
 {
     fn run<'t>(
         &'t mut self,
-        tx: &'t mut sqlx::Transaction<'static, B>,
+        tx: &'t mut B::Connection,
     ) -> futures::future::BoxFuture<'t, Result<T, Failure<E>>> {
         (self.0)(tx)
     }
@@ -137,8 +139,13 @@ where
     let mut attempt = 0u32;
     loop {
         attempt += 1;
+        let conn = pool
+            .acquire()
+            .await
+            .map_err(|e| HandlerError::Idem(db_error::<B>(e)))?;
+        let mut held = Held::new(conn);
         let result: Result<T, Failure<E>> = async {
-            let mut tx = pool.begin_with(B::BEGIN_WRITE).await?;
+            let mut tx = savepoint::begin::<B>(held.conn()).await?;
             match work.run(&mut tx).await {
                 Ok(value) => {
                     tx.commit().await?;
@@ -155,6 +162,8 @@ where
             }
         }
         .await;
+        held.done();
+        drop(held);
         let error = match result {
             Ok(value) => return Ok(value),
             Err(Failure::Handler(e)) => return Err(HandlerError::Handler(e)),

@@ -35,7 +35,8 @@
 //! its transaction as lost after dropping any call that opens a savepoint
 //! before it returned).
 
-use sqlx::{Connection, Transaction, TransactionManager};
+use sqlx::pool::MaybePoolConnection;
+use sqlx::{Connection, Database, Transaction, TransactionManager};
 
 use crate::backend::db_error;
 use crate::{Backend, Error, ErrorKind};
@@ -60,6 +61,53 @@ pub(crate) async fn begin<DB: Backend>(
         Connection::begin(conn).await
     } else {
         conn.begin_with(DB::BEGIN_WRITE).await
+    }
+}
+
+/// The connection a call works on: one of a pool's, taken for the call,
+/// or the caller's own, lent to it ([`Acquire::acquire`] gives either).
+///
+/// A pool's connection is closed instead of going back to its pool when
+/// the call's future is dropped before [`done`](Self::done): sqlx 0.8.6
+/// cannot hand back a connection whose call was dropped at any `.await`
+/// in a usable state. A `BEGIN` in flight leaves the session inside a
+/// transaction sqlx does not count, so the pool's next user writes inside
+/// it, uncommitted (transact-rs/sqlx#4385, #4393; seen on all three
+/// backends); a MySQL statement dropped while it is prepared leaves the
+/// server's answer unread, and the connection's next command fails or
+/// hangs. Closing costs a new connection after a cancelled call only.
+///
+/// [`Acquire::acquire`]: sqlx::Acquire::acquire
+pub(crate) struct Held<'c, DB: Database> {
+    conn: MaybePoolConnection<'c, DB>,
+    done: bool,
+}
+
+impl<'c, DB: Database> Held<'c, DB> {
+    pub(crate) fn new(conn: impl Into<MaybePoolConnection<'c, DB>>) -> Self {
+        Held {
+            conn: conn.into(),
+            done: false,
+        }
+    }
+
+    /// The connection.
+    pub(crate) fn conn(&mut self) -> &mut DB::Connection {
+        &mut self.conn
+    }
+
+    /// The call ran to its end (an error included): the connection is in a
+    /// known state and goes back to its pool.
+    pub(crate) fn done(&mut self) {
+        self.done = true;
+    }
+}
+
+impl<DB: Database> Drop for Held<'_, DB> {
+    fn drop(&mut self) {
+        if let (false, MaybePoolConnection::PoolConnection(conn)) = (self.done, &mut self.conn) {
+            conn.close_on_drop();
+        }
     }
 }
 

@@ -2,11 +2,12 @@
 //! ([`install_sql`]), safe when several processes start together.
 
 use idem_core::Dialect;
-use sqlx::Pool;
+use sqlx::{Connection, Pool};
 
 use crate::backend::db_error;
 use crate::inbox::InboxBackend;
 use crate::keys::KeyBackend;
+use crate::savepoint::Held;
 use crate::{Backend, Error};
 
 /// The PostgreSQL advisory lock every install holds for its transaction:
@@ -28,7 +29,19 @@ pub(crate) async fn install_scripts<B: Backend, S: AsRef<str>>(
     pool: &Pool<B>,
     scripts: &[S],
 ) -> Result<(), Error> {
-    let mut tx = pool
+    let conn = pool.acquire().await.map_err(db_error::<B>)?;
+    let mut held = Held::new(conn);
+    let installed = install_on::<B, S>(held.conn(), scripts).await;
+    held.done();
+    installed
+}
+
+/// [`install_scripts`] on a connection idem took from the pool.
+async fn install_on<B: Backend, S: AsRef<str>>(
+    conn: &mut B::Connection,
+    scripts: &[S],
+) -> Result<(), Error> {
+    let mut tx = conn
         .begin_with(B::BEGIN_WRITE)
         .await
         .map_err(db_error::<B>)?;

@@ -362,7 +362,7 @@ where
 {
     fn run<'t>(
         &'t mut self,
-        tx: &'t mut sqlx::Transaction<'static, DB>,
+        tx: &'t mut DB::Connection,
     ) -> BoxFuture<'t, Result<Outcome<S>, Failure<H::Error>>> {
         Box::pin(apply_and_handle::<S, DB, K, H>(
             tx,
@@ -388,7 +388,7 @@ where
 {
     fn run<'t>(
         &'t mut self,
-        tx: &'t mut sqlx::Transaction<'static, DB>,
+        tx: &'t mut DB::Connection,
     ) -> BoxFuture<'t, Result<Vec<Outcome<S>>, Failure<Infallible>>> {
         Box::pin(
             async move { Ok(DB::apply_many_on(tx, self.transition, self.sql, self.keys).await?) },

@@ -29,9 +29,9 @@
 //!   let fingerprint = Fingerprint::of_json(&serde_json::json!({"amount": 100}));
 //!   for attempt in 0..2 {
 //!       let once = store
-//!           .run_once::<sqlx::Error, _>(&scope, &key, &fingerprint, |tx| {
+//!           .run_once::<sqlx::Error, _>(&scope, &key, &fingerprint, |conn| {
 //!               Box::pin(async move {
-//!                   sqlx::query("INSERT INTO payments (amount) VALUES (100)").execute(&mut **tx).await?;
+//!                   sqlx::query("INSERT INTO payments (amount) VALUES (100)").execute(&mut *conn).await?;
 //!                   Ok(StoredResponse::new(201, b"paid".to_vec()))
 //!               })
 //!           })

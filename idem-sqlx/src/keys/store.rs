@@ -537,7 +537,7 @@ impl<B: KeyBackend> SqlKeyStore<B> {
     }
 
     /// The transactional mode: in ONE transaction, claims
-    /// `(scope, key)`, runs `work` on the transaction and stores
+    /// `(scope, key)`, runs `work` on the transaction's connection and stores
     /// the response it returns, then commits — so work that only
     /// writes to this database runs exactly once, with no lease.
     ///
@@ -566,9 +566,7 @@ impl<B: KeyBackend> SqlKeyStore<B> {
     ) -> Result<Once, HandlerError<E>>
     where
         E: Send + 'static,
-        F: for<'t> Fn(
-                &'t mut sqlx::Transaction<'static, B>,
-            ) -> BoxFuture<'t, Result<StoredResponse, E>>
+        F: for<'t> Fn(&'t mut B::Connection) -> BoxFuture<'t, Result<StoredResponse, E>>
             + Send
             + Sync
             + 'static,
