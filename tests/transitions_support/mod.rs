@@ -481,9 +481,13 @@ impl Recorder {
     }
 
     /// The first word of every statement recorded so far (`UPDATE`,
-    /// `WITH`, `BEGIN`, ...), then forgets them.
+    /// `WITH`, `BEGIN`, ...), then forgets them. SQLite's `PRAGMA`s are
+    /// left out: sqlx sends them when the pool opens a connection, which
+    /// it may do in the middle of a recorded call.
     pub fn take(&self) -> Vec<String> {
-        std::mem::take(&mut *self.log.statements.lock().unwrap())
+        let mut statements = std::mem::take(&mut *self.log.statements.lock().unwrap());
+        statements.retain(|statement| statement != "PRAGMA");
+        statements
     }
 
     /// How many retries were logged.
