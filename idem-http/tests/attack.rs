@@ -15,7 +15,7 @@ use axum::routing::post;
 use axum::Router;
 use http_body::Frame;
 use http_body_util::{BodyExt, StreamBody};
-use idem_core::keys::{MemoryStore, Scope};
+use idem_core::keys::MemoryStore;
 use idem_http::{scope_from_header, IdempotencyLayer, StoredHeaders};
 use tower::ServiceExt;
 
@@ -399,12 +399,6 @@ async fn a_grpc_call_that_failed_with_unavailable_runs_again_on_retry() {
     );
 }
 
-/// Keeps `Scope` in use for the helpers above.
-#[allow(dead_code)]
-fn _scope() -> Option<Scope> {
-    Scope::new("acme", "api").ok()
-}
-
 // ---------------------------------------------------------------------------
 // 6. (low) The media-type normaliser is more lenient than the handler it
 //    guards: axum's `Json` refuses `application/json ;charset=utf-8` and
@@ -450,5 +444,100 @@ async fn a_media_type_the_handler_refuses_does_not_share_a_fingerprint_with_one_
         Some("true"),
         "the corrected request replayed the 415 ({}) of a media type the handler refused",
         corrected.0
+    );
+}
+
+/// tonic answers a handler's `Err(Status::unavailable(..))` with a
+/// "trailers-only" response: HTTP 200, `grpc-status: 14` in the headers, no
+/// body. The policy looks only at the HTTP status, so the failure is stored
+/// as final and every retry of the key replays UNAVAILABLE for 24 h (README:
+/// failures that invite the same request again are "returned as it is and
+/// **not** stored: the key is released").
+#[tokio::test]
+async fn a_trailers_only_grpc_unavailable_is_not_stored() {
+    let runs = Runs::default();
+    let handler_runs = runs.clone();
+    let app = Router::new()
+        .route(
+            "/pkg.Payments/Charge",
+            post(move || async move {
+                let mut response = Response::new(Body::empty());
+                response
+                    .headers_mut()
+                    .insert("content-type", "application/grpc".parse().unwrap());
+                let status = if handler_runs.next() == 1 { "14" } else { "0" };
+                response
+                    .headers_mut()
+                    .insert("grpc-status", status.parse().unwrap());
+                response
+            }),
+        )
+        .layer(IdempotencyLayer::new(MemoryStore::default(), client_scope));
+    let (first, _) = read_with_trailers(&app, "g-3").await;
+    assert_eq!(first["grpc-status"], "14");
+    let (retry, _) = read_with_trailers(&app, "g-3").await;
+    assert!(
+        runs.get() == 2,
+        "the retry got the stored UNAVAILABLE (grpc-status {:?}, replayed {:?}) and did not run",
+        retry.get("grpc-status"),
+        retry.get("idempotent-replayed")
+    );
+}
+
+// ---------------------------------------------------------------------------
+// 7. (low) A streamed body that ends before its declared `Content-Length`:
+//    hyper aborts the response (the caller gets no answer at all), but the
+//    layer stores the short body as a complete response, and the caller's
+//    retry gets a replayed 200 whose 5 bytes look complete.
+//
+// rustdoc: "A streamed body that fails or panics midway releases the key
+// the same way, and the client's response ends with an error (the server
+// aborts it) instead of looking complete."
+
+async fn over_tcp(addr: std::net::SocketAddr) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let request = "POST /short HTTP/1.1\r\nHost: x\r\nX-Client-Id: acme\r\n\
+                   Idempotency-Key: short-1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    let _ = stream.read_to_end(&mut raw).await;
+    String::from_utf8_lossy(&raw).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_shorter_than_its_declared_length_is_not_replayed_as_complete() {
+    let runs = Runs::default();
+    let handler_runs = runs.clone();
+    let app = Router::new()
+        .route(
+            "/short",
+            post(move || async move {
+                handler_runs.next();
+                let chunks =
+                    futures::stream::iter([Ok::<_, Infallible>(Bytes::from_static(b"12345"))]);
+                let mut response = Response::new(Body::from_stream(chunks));
+                response
+                    .headers_mut()
+                    .insert("content-length", "10".parse().unwrap());
+                response
+            }),
+        )
+        .layer(IdempotencyLayer::new(MemoryStore::default(), client_scope));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let first = over_tcp(addr).await;
+    assert!(
+        !first.contains("HTTP/1.1 200"),
+        "the first caller got an answer: {first:?}"
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let retry = over_tcp(addr).await;
+    assert!(
+        !retry.contains("idempotent-replayed: true"),
+        "the caller never got the first answer, its retry gets a replay that looks complete \
+         (handler runs: {}): {retry:?}",
+        runs.get()
     );
 }
