@@ -144,6 +144,18 @@ pub enum Rejection {
         /// The status the request answered with.
         status: u16,
     },
+
+    /// 501: a gRPC-Web request. Its status travels inside the response
+    /// body, which the layer does not read, so it could not tell a failed
+    /// call from a final one: it refuses the request rather than store
+    /// either wrongly. Put the gRPC-Web translation (tonic-web's
+    /// `GrpcWebLayer`) outside the idempotency layer, so that the layer
+    /// sees gRPC.
+    #[error(
+        "This endpoint's idempotency layer does not serve gRPC-Web: call it over gRPC, or ask \
+         the operator to put the gRPC-Web translation in front of the idempotency layer."
+    )]
+    GrpcWeb,
 }
 
 fn retry_after_secs(retry_after: Duration) -> u64 {
@@ -167,6 +179,7 @@ impl Rejection {
             }
             Rejection::ResponseFailed => StatusCode::INTERNAL_SERVER_ERROR,
             Rejection::ResponseNotKept { .. } => StatusCode::GONE,
+            Rejection::GrpcWeb => StatusCode::NOT_IMPLEMENTED,
         }
     }
 
@@ -196,6 +209,7 @@ impl Rejection {
             Rejection::StoreFull { .. } => "Idempotency store full",
             Rejection::ResponseFailed => "Response failed",
             Rejection::ResponseNotKept { .. } => "Response not kept",
+            Rejection::GrpcWeb => "gRPC-Web not served",
         }
     }
 
@@ -214,6 +228,7 @@ impl Rejection {
             Rejection::StoreFull { .. } => concat!(docs!(), "StoreFull"),
             Rejection::ResponseFailed => concat!(docs!(), "ResponseFailed"),
             Rejection::ResponseNotKept { .. } => concat!(docs!(), "ResponseNotKept"),
+            Rejection::GrpcWeb => concat!(docs!(), "GrpcWeb"),
         }
     }
 

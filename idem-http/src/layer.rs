@@ -7,7 +7,7 @@ use http::{HeaderName, Method};
 use idem_core::keys::{KeyStore, ResponsePolicy, Scope, DEFAULT_LEASE};
 use tower_layer::Layer;
 
-use crate::{Idempotency, StoredHeaders};
+use crate::{Drain, Idempotency, StoredHeaders};
 
 /// The default response limit: 1 MiB.
 pub const DEFAULT_RESPONSE_LIMIT: usize = 1024 * 1024;
@@ -50,6 +50,7 @@ pub(crate) struct Config<K> {
     pub(crate) response_limit: usize,
     pub(crate) stored_headers: StoredHeaders,
     pub(crate) fingerprint_headers: Vec<HeaderName>,
+    pub(crate) drain: Drain,
 }
 
 impl<K> Clone for Config<K> {
@@ -67,6 +68,7 @@ impl<K> Clone for Config<K> {
             response_limit: self.response_limit,
             stored_headers: self.stored_headers.clone(),
             fingerprint_headers: self.fingerprint_headers.clone(),
+            drain: self.drain.clone(),
         }
     }
 }
@@ -113,6 +115,7 @@ impl<K: KeyStore> IdempotencyLayer<K> {
                 response_limit: DEFAULT_RESPONSE_LIMIT,
                 stored_headers: StoredHeaders::default(),
                 fingerprint_headers: Vec::new(),
+                drain: Drain::default(),
             },
         }
     }
@@ -266,6 +269,17 @@ impl<K: KeyStore> IdempotencyLayer<K> {
     pub fn fingerprint_headers(mut self, names: impl IntoIterator<Item = HeaderName>) -> Self {
         self.config.fingerprint_headers = names.into_iter().collect();
         self
+    }
+}
+
+impl<K> IdempotencyLayer<K> {
+    /// A handle that waits for the claimed requests this layer — and every
+    /// clone of it, and every service made from them — runs on tasks of
+    /// its own (see [`Drain`]): await [`Drain::wait`] after the server's
+    /// graceful shutdown, so that work whose client hung up still ends
+    /// with its response stored.
+    pub fn drain(&self) -> Drain {
+        self.config.drain.clone()
     }
 }
 

@@ -140,14 +140,17 @@
 //! [`MemoryStore`](idem_core::keys::MemoryStore) for its numbers).
 
 mod body;
+mod drain;
 mod error;
 mod fingerprint;
 pub mod future;
+mod grpc;
 mod headers;
 mod layer;
 mod scope;
 mod service;
 
+pub use drain::Drain;
 pub use error::Rejection;
 pub use headers::StoredHeaders;
 pub use layer::{IdempotencyLayer, DEFAULT_RESPONSE_LIMIT};

@@ -554,7 +554,7 @@ async fn spellings_of_the_same_media_type_replay() {
         "Application/JSON",
         "application/json; charset=utf-8",
         "application/json;charset=\"UTF-8\"",
-        "application/json ;",
+        "application/json;   Charset=utf-8",
     ] {
         let replay = send(&app, typed("m3", Some(same), body)).await;
         assert_eq!(replay.1["idempotent-replayed"], "true", "{same}");
@@ -617,10 +617,13 @@ fn coded(key: &str, coding: Option<&str>, body: &'static [u8]) -> Request<Body> 
 }
 
 /// The content coding says how to read the bytes: the same bytes with and
-/// without `Content-Encoding: gzip` are different requests; `x-gzip` is
-/// `gzip` (RFC 9110 §8.4.1). A body compressed again by a retrying client
-/// has other bytes, so it is 422 unless a decompression layer sits in
-/// front of this one (the README says where).
+/// without `Content-Encoding: gzip` are different requests. Other
+/// spellings of a coding (`X-GZIP`, `x-gzip`, `identity, gzip`) are other
+/// requests too: decoders differ on them (tower-http's matches exact
+/// lower-case names and answers 415 to the rest), so a stored 415 must not
+/// answer the corrected spelling. A body compressed again by a retrying
+/// client has other bytes, so it is 422 unless a decompression layer sits
+/// in front of this one (the README says where).
 #[tokio::test]
 async fn the_content_coding_is_part_of_the_request() {
     let runs = Runs::default();
@@ -642,11 +645,16 @@ async fn the_content_coding_is_part_of_the_request() {
         send(&app, coded("c1", Some("gzip"), gzip_a)).await.0,
         StatusCode::CREATED
     );
-    let same = send(&app, coded("c1", Some("X-GZIP"), gzip_a)).await;
+    let same = send(&app, coded("c1", Some("gzip"), gzip_a)).await;
     assert_eq!(same.1["idempotent-replayed"], "true");
-    let identity = send(&app, coded("c1", Some("identity, gzip"), gzip_a)).await;
-    assert_eq!(identity.1["idempotent-replayed"], "true");
-    for (coding, body) in [(None, gzip_a), (Some("br"), gzip_a), (Some("gzip"), gzip_b)] {
+    for (coding, body) in [
+        (None, gzip_a),
+        (Some("br"), gzip_a),
+        (Some("gzip"), gzip_b),
+        (Some("X-GZIP"), gzip_a),
+        (Some("x-gzip"), gzip_a),
+        (Some("identity, gzip"), gzip_a),
+    ] {
         let (status, headers, reply) = send(&app, coded("c1", coding, body)).await;
         expect_problem(status, &headers, &reply, StatusCode::UNPROCESSABLE_ENTITY);
     }
