@@ -11,40 +11,7 @@
 mod support;
 
 use serde_json::json;
-use support::{Api, Db, Server};
-
-macro_rules! on_every_backend {
-    ($($scenario:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $scenario() {
-                    super::$scenario(super::Db::sqlite()).await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $scenario() {
-                    if let Some(db) = super::Db::postgres().await {
-                        super::$scenario(db).await;
-                    }
-                }
-            )*
-        }
-        mod mysql {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $scenario() {
-                    if let Some(db) = super::Db::mysql().await {
-                        super::$scenario(db).await;
-                    }
-                }
-            )*
-        }
-    };
-}
+use support::{on_every_backend, Api, Db, Server};
 
 on_every_backend!(
     a_client_id_the_layer_accepts_creates_an_invoice,
