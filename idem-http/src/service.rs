@@ -764,12 +764,9 @@ async fn pump<K, B>(
     let mut held: Vec<Frame<Bytes>> = Vec::new();
     let status = kept.stored.status;
     loop {
-        let next = if feed.client_gone() {
-            read_frame(&mut body).now_or_never().unwrap_or(Next::Gone)
-        } else {
-            next_frame(&mut body, claimed.deadline, Some(&feed)).await
-        };
-        let frame = match next {
+        // Once the client is gone, `next_frame` still returns the frames
+        // that are ready (they are read first), then `Gone`.
+        let frame = match next_frame(&mut body, claimed.deadline, Some(&feed)).await {
             Next::Frame(frame) => frame,
             Next::End => break,
             Next::Failed => {

@@ -20,19 +20,7 @@ use idem_http::{scope_from_header, IdempotencyLayer, StoredHeaders};
 use tower::ServiceExt;
 
 mod common;
-use common::{client_scope, send};
-
-#[derive(Clone, Default)]
-struct Runs(Arc<AtomicUsize>);
-
-impl Runs {
-    fn next(&self) -> usize {
-        self.0.fetch_add(1, Ordering::SeqCst) + 1
-    }
-    fn get(&self) -> usize {
-        self.0.load(Ordering::SeqCst)
-    }
-}
+use common::{client_scope, send, ticks, Runs};
 
 fn post_as(path: &str, key: &str) -> axum::http::request::Builder {
     Request::post(path)
@@ -267,19 +255,7 @@ async fn an_endless_slow_stream_never_runs_twice_and_stops_when_its_client_is_go
             "/events",
             post(move || async move {
                 handler_runs.next();
-                let counter = Arc::clone(&counter);
-                let events = futures::stream::unfold((), move |()| {
-                    let counter = Arc::clone(&counter);
-                    async move {
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        counter.fetch_add(1, Ordering::SeqCst);
-                        Some((
-                            Ok::<_, Infallible>(Bytes::from_static(b"data: tick\n\n")),
-                            (),
-                        ))
-                    }
-                });
-                Body::from_stream(events)
+                ticks(counter)
             }),
         )
         .layer(
