@@ -130,10 +130,11 @@ pub enum Rejection {
     /// 410: the request with this key already ran, and its response was
     /// not kept for replay — it was larger than the layer's response limit
     /// ([`IdempotencyLayer::response_limit`](crate::IdempotencyLayer::response_limit)),
-    /// or the key store failed to store it. This answer is stored in its
-    /// place, so every retry of the key gets it and the work never runs
-    /// again; the client that sent the first request got the whole
-    /// response.
+    /// still streaming three quarters into its key's lease, cut short by
+    /// its client's hang-up, or the key store failed to store it. This
+    /// answer is stored in its place, so every retry of the key gets it and
+    /// the work never runs again; the client that sent the first request
+    /// got (or is still getting) the whole response, unless it hung up.
     #[error(
         "The request with this idempotency key already ran (it answered with status {status}), \
          but its response was not kept, so it cannot be sent again: do not retry it with this \

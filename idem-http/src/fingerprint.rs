@@ -57,9 +57,11 @@ pub(crate) fn fingerprint(parts: &Parts, body: &[u8], extra: &[HeaderName]) -> F
         request = request.header(GRPC_ENCODING.as_str(), value.as_bytes());
     }
     for name in extra {
-        if *name == CONTENT_TYPE || *name == CONTENT_ENCODING || *name == GRPC_ENCODING {
+        if *name == CONTENT_ENCODING || *name == GRPC_ENCODING {
             continue;
         }
+        // `Content-Type` listed here: its exact bytes too, for handlers
+        // that compare the header as a string.
         for value in parts.headers.get_all(name) {
             request = request.header(name.as_str(), value.as_bytes());
         }

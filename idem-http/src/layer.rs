@@ -230,8 +230,12 @@ impl<K: KeyStore> IdempotencyLayer<K> {
     ///   is completed at once with [`Rejection::ResponseNotKept`](crate::Rejection::ResponseNotKept)
     ///   (410, the original status in `original_status`) instead: every
     ///   retry of the key gets that answer and the work never runs again.
-    ///   An endless stream (server-sent events) reaches this too, so its
-    ///   key never stays in progress.
+    /// - A response still being read three quarters into the lease (a slow
+    ///   or endless stream: server-sent events) is completed with the same
+    ///   410 then, and its client reads the rest: no key stays in progress
+    ///   past its lease because of a response.
+    /// - A stream whose client hung up is read no further than what it has
+    ///   ready: it is dropped and its key completed with the 410.
     ///
     /// The same 410 is stored when the key store fails to store a response
     /// (a database that refuses a value that large), rather than leaving
@@ -263,6 +267,12 @@ impl<K: KeyStore> IdempotencyLayer<K> {
     /// `Prefer` header, an API version header. The same key with another
     /// value is 422; a request without the header differs from one with
     /// it, even empty.
+    ///
+    /// Listing `Content-Type` makes its exact bytes part of the
+    /// fingerprint too, beside the normalised media type: for handlers that
+    /// compare the header as a string (and so may refuse
+    /// `application/json;charset=utf-8` while taking
+    /// `application/json; charset=utf-8`).
     ///
     /// Adding a header changes the fingerprint of every request that
     /// carries it, so a retry of a key stored before the change gets 422.

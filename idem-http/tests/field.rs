@@ -548,6 +548,38 @@ async fn spellings_of_the_same_media_type_replay() {
     assert_eq!(runs.get(), 1);
 }
 
+/// A handler that compares `Content-Type` as a string: listing the header
+/// in `fingerprint_headers` makes every spelling a request of its own.
+#[tokio::test]
+async fn listing_content_type_compares_its_exact_bytes() {
+    let runs = Runs::default();
+    let app = json_app(
+        runs.clone(),
+        layer().fingerprint_headers([http::header::CONTENT_TYPE]),
+    );
+    let body = r#"{"amount": 100}"#;
+    let _ = send(
+        &app,
+        typed("m9", Some("application/json; charset=utf-8"), body),
+    )
+    .await;
+    let same = send(
+        &app,
+        typed("m9", Some("application/json; charset=utf-8"), body),
+    )
+    .await;
+    assert_eq!(same.1["idempotent-replayed"], "true");
+    for other in [
+        "application/json;charset=utf-8",
+        "application/json",
+        "Application/JSON; charset=utf-8",
+    ] {
+        let (status, headers, reply) = send(&app, typed("m9", Some(other), body)).await;
+        expect_problem(status, &headers, &reply, StatusCode::UNPROCESSABLE_ENTITY);
+    }
+    assert_eq!(runs.get(), 1);
+}
+
 /// Requests without a media type, or with `application/json`, keep the
 /// fingerprint they had before media types were fingerprinted: keys an
 /// earlier version stored still replay after an upgrade.
