@@ -10,15 +10,16 @@ use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
+use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
-use http_body_util::Full;
 use pin_project_lite::pin_project;
 
 pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 pin_project! {
     /// The body of the [`Idempotency`](crate::Idempotency) service's
-    /// responses: a stored, replayed or problem response held in memory,
+    /// responses: a stored, replayed or problem response held in memory
+    /// (with its trailers),
     /// the inner service's body passed through as it is (other methods,
     /// requests without an optional key, results that are not stored), or
     /// a final response relayed to the client while the layer reads it to
@@ -36,7 +37,7 @@ pin_project! {
 pin_project! {
     #[project = KindProj]
     enum Kind<B> {
-        Full { #[pin] body: Full<Bytes> },
+        Full { data: Option<Bytes>, trailers: Option<HeaderMap> },
         Inner { #[pin] body: B },
         Relay { relay: Relay<B> },
     }
@@ -44,9 +45,15 @@ pin_project! {
 
 impl<B> ResponseBody<B> {
     pub(crate) fn full(bytes: Bytes) -> Self {
+        ResponseBody::stored(bytes, None)
+    }
+
+    /// A body held in memory, then its trailers.
+    pub(crate) fn stored(bytes: Bytes, trailers: Option<HeaderMap>) -> Self {
         ResponseBody {
             kind: Kind::Full {
-                body: Full::new(bytes),
+                data: (!bytes.is_empty()).then_some(bytes),
+                trailers,
             },
         }
     }
@@ -85,7 +92,12 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.project().kind.project() {
-            KindProj::Full { body } => body.poll_frame(cx).map_err(|never| match never {}),
+            KindProj::Full { data, trailers } => Poll::Ready(
+                data.take()
+                    .map(Frame::data)
+                    .or_else(|| trailers.take().map(Frame::trailers))
+                    .map(Ok),
+            ),
             KindProj::Inner { body } => body.poll_frame(cx).map_err(Into::into),
             KindProj::Relay { relay } => relay.poll_frame(cx),
         }
@@ -93,7 +105,7 @@ where
 
     fn is_end_stream(&self) -> bool {
         match &self.kind {
-            Kind::Full { body } => body.is_end_stream(),
+            Kind::Full { data, trailers } => data.is_none() && trailers.is_none(),
             Kind::Inner { body } => body.is_end_stream(),
             Kind::Relay { relay } => relay.done,
         }
@@ -101,7 +113,9 @@ where
 
     fn size_hint(&self) -> SizeHint {
         match &self.kind {
-            Kind::Full { body } => body.size_hint(),
+            Kind::Full { data, .. } => {
+                SizeHint::with_exact(data.as_ref().map_or(0, |data| data.len() as u64))
+            }
             Kind::Inner { body } => body.size_hint(),
             Kind::Relay { relay } => relay.hint,
         }
@@ -134,6 +148,8 @@ struct State<B> {
     end: Option<End<B>>,
     waker: Option<Waker>,
     client_gone: bool,
+    /// The layer's side, waiting to hear that the client is gone.
+    gone_waker: Option<Waker>,
 }
 
 type Shared<B> = Arc<Mutex<State<B>>>;
@@ -150,6 +166,7 @@ pub(crate) fn relay<B>(hint: SizeHint) -> (Relay<B>, Feed<B>) {
         end: None,
         waker: None,
         client_gone: false,
+        gone_waker: None,
     }));
     let relay = Relay {
         shared: Arc::clone(&shared),
@@ -275,6 +292,11 @@ impl<B> Drop for Relay<B> {
         let mut state = lock(&self.shared);
         state.client_gone = true;
         state.frames.clear();
+        let gone_waker = state.gone_waker.take();
+        drop(state);
+        if let Some(waker) = gone_waker {
+            waker.wake();
+        }
     }
 }
 
@@ -304,6 +326,20 @@ impl<B> Feed<B> {
     /// Whether the client dropped its body (it hung up).
     pub(crate) fn client_gone(&self) -> bool {
         lock(&self.shared).client_gone
+    }
+
+    /// Resolves when the client drops its body (it hung up).
+    pub(crate) async fn gone(&self) {
+        std::future::poll_fn(|cx| {
+            let mut state = lock(&self.shared);
+            if state.client_gone {
+                Poll::Ready(())
+            } else {
+                state.gone_waker = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        })
+        .await;
     }
 
     /// Sets what follows the queued frames.

@@ -130,10 +130,11 @@ pub enum Rejection {
     /// 410: the request with this key already ran, and its response was
     /// not kept for replay — it was larger than the layer's response limit
     /// ([`IdempotencyLayer::response_limit`](crate::IdempotencyLayer::response_limit)),
-    /// or the key store failed to store it. This answer is stored in its
-    /// place, so every retry of the key gets it and the work never runs
-    /// again; the client that sent the first request got the whole
-    /// response.
+    /// still streaming three quarters into its key's lease, cut short by
+    /// its client's hang-up, or the key store failed to store it. This
+    /// answer is stored in its place, so every retry of the key gets it and
+    /// the work never runs again; the client that sent the first request
+    /// got (or is still getting) the whole response, unless it hung up.
     #[error(
         "The request with this idempotency key already ran (it answered with status {status}), \
          but its response was not kept, so it cannot be sent again: do not retry it with this \
@@ -144,6 +145,18 @@ pub enum Rejection {
         /// The status the request answered with.
         status: u16,
     },
+
+    /// 501: a gRPC-Web request. Its status travels inside the response
+    /// body, which the layer does not read, so it could not tell a failed
+    /// call from a final one: it refuses the request rather than store
+    /// either wrongly. Put the gRPC-Web translation (tonic-web's
+    /// `GrpcWebLayer`) outside the idempotency layer, so that the layer
+    /// sees gRPC.
+    #[error(
+        "This endpoint's idempotency layer does not serve gRPC-Web: call it over gRPC, or ask \
+         the operator to put the gRPC-Web translation in front of the idempotency layer."
+    )]
+    GrpcWeb,
 }
 
 fn retry_after_secs(retry_after: Duration) -> u64 {
@@ -167,6 +180,7 @@ impl Rejection {
             }
             Rejection::ResponseFailed => StatusCode::INTERNAL_SERVER_ERROR,
             Rejection::ResponseNotKept { .. } => StatusCode::GONE,
+            Rejection::GrpcWeb => StatusCode::NOT_IMPLEMENTED,
         }
     }
 
@@ -196,6 +210,7 @@ impl Rejection {
             Rejection::StoreFull { .. } => "Idempotency store full",
             Rejection::ResponseFailed => "Response failed",
             Rejection::ResponseNotKept { .. } => "Response not kept",
+            Rejection::GrpcWeb => "gRPC-Web not served",
         }
     }
 
@@ -214,6 +229,7 @@ impl Rejection {
             Rejection::StoreFull { .. } => concat!(docs!(), "StoreFull"),
             Rejection::ResponseFailed => concat!(docs!(), "ResponseFailed"),
             Rejection::ResponseNotKept { .. } => concat!(docs!(), "ResponseNotKept"),
+            Rejection::GrpcWeb => concat!(docs!(), "GrpcWeb"),
         }
     }
 

@@ -1,19 +1,26 @@
-//! What the layer fingerprints: method, path and query, the request
-//! headers that change what the body means, and the body.
+//! What the layer fingerprints: method, the request target the client
+//! sent (path and query), the request headers that change what the body
+//! means, and the body.
 
 use http::header::{CONTENT_ENCODING, CONTENT_TYPE};
 use http::request::Parts;
 use http::{HeaderMap, HeaderName};
 use idem_core::keys::Fingerprint;
 
+/// gRPC's per-message compression (gRPC over HTTP/2, "Requests"): the same
+/// bytes under another algorithm are another message.
+const GRPC_ENCODING: HeaderName = HeaderName::from_static("grpc-encoding");
+
 /// The media type whose requests keep the fingerprint they had before the
 /// media type was fingerprinted (see [`fingerprint`]).
 const PLAIN_JSON: &str = "application/json";
 
-/// The fingerprint of a request with this body: method, path with query,
-/// the normalised media type (`Content-Type`), the content codings
-/// (`Content-Encoding`), the values of the `extra` headers, and the body —
-/// a JSON body (a JSON media type, no content coding) in canonical form.
+/// The fingerprint of a request with this body: method, the request
+/// target the client sent ([`target`]), the normalised media type
+/// (`Content-Type`), the content codings (`Content-Encoding`) and gRPC's
+/// message coding (`grpc-encoding`) as they were sent, the values of the
+/// `extra` headers, and the body — a JSON body (a JSON media type, no
+/// content coding) in canonical form.
 ///
 /// A request without `Content-Type`, or with `application/json` (any case,
 /// with or without `charset=utf-8`), and without content coding or extra
@@ -22,8 +29,7 @@ const PLAIN_JSON: &str = "application/json";
 /// keys stored by an earlier version still replay.
 pub(crate) fn fingerprint(parts: &Parts, body: &[u8], extra: &[HeaderName]) -> Fingerprint {
     let method = parts.method.as_str();
-    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    let mut request = Fingerprint::request(method, path);
+    let mut request = Fingerprint::request(method, target(parts));
     let media = media_type(&parts.headers);
     let mut json = false;
     match &media {
@@ -40,23 +46,22 @@ pub(crate) fn fingerprint(parts: &Parts, body: &[u8], extra: &[HeaderName]) -> F
             }
         }
     }
-    match content_coding(&parts.headers) {
-        Ok(codings) if codings.is_empty() => {}
-        Ok(codings) => {
-            json = false;
-            request = request.header("content-encoding", codings.as_bytes());
-        }
-        Err(raw) => {
-            json = false;
-            for value in raw {
-                request = request.header("content-encoding (unparsed)", &value);
-            }
-        }
+    // A content coding is taken as it was sent: decoders differ on case,
+    // `x-gzip` and `identity` (tower-http's matches exact lower-case
+    // names), so no two spellings are merged.
+    for value in parts.headers.get_all(CONTENT_ENCODING) {
+        json = false;
+        request = request.header("content-encoding (as sent)", value.as_bytes());
+    }
+    for value in parts.headers.get_all(GRPC_ENCODING) {
+        request = request.header(GRPC_ENCODING.as_str(), value.as_bytes());
     }
     for name in extra {
-        if *name == CONTENT_TYPE || *name == CONTENT_ENCODING {
+        if *name == CONTENT_ENCODING || *name == GRPC_ENCODING {
             continue;
         }
+        // `Content-Type` listed here: its exact bytes too, for handlers
+        // that compare the header as a string.
         for value in parts.headers.get_all(name) {
             request = request.header(name.as_str(), value.as_bytes());
         }
@@ -66,6 +71,19 @@ pub(crate) fn fingerprint(parts: &Parts, body: &[u8], extra: &[HeaderName]) -> F
     } else {
         request.raw_body(body)
     }
+}
+
+/// The request target the client sent, path and query: axum's
+/// `OriginalUri` when the request carries one (with the `axum` feature) —
+/// a router nested with `Router::nest` or `nest_service` strips its prefix,
+/// path parameters included, from the URI before the layer sees it — and
+/// the request's URI otherwise.
+fn target(parts: &Parts) -> &str {
+    #[cfg(feature = "axum")]
+    if let Some(original) = parts.extensions.get::<axum::extract::OriginalUri>() {
+        return original.0.path_and_query().map_or("/", |p| p.as_str());
+    }
+    parts.uri.path_and_query().map_or("/", |p| p.as_str())
 }
 
 /// The request's media type in canonical form, `None` without
@@ -100,35 +118,37 @@ fn is_json(media: &str) -> bool {
     essence == PLAIN_JSON || essence.ends_with("+json")
 }
 
-/// A media type (RFC 9110 §8.3.1) in canonical form: type, subtype and
-/// parameter names in lower case, parameters sorted by name, values
-/// unquoted (quoted again only when they are not tokens), `charset`
+/// A well-formed media type (RFC 9110 §8.3.1) in canonical form: type,
+/// subtype and parameter names in lower case, parameters sorted by name,
+/// values unquoted (quoted again only when they are not tokens), `charset`
 /// values in lower case (charset names are case-insensitive), and
 /// `charset=utf-8` dropped from JSON types (RFC 8259 §8.1: JSON is UTF-8,
 /// the parameter has no meaning). Other parameter values keep their case.
-/// `None` when the text is not a media type, or names a parameter twice
-/// (parsers disagree on which one counts).
+///
+/// Only spellings every parser reads as the same type are merged, so the
+/// grammar is the strict one the `mime` crate (axum's `Json`, actix-web,
+/// warp) accepts: `;` directly after the subtype or a value, then any
+/// number of spaces, then `name=value`, with a value that is a token or a
+/// non-empty quoted string without escapes. `None` — the header then
+/// matches only its own bytes — for anything else, although RFC 9110
+/// allows some of it: whitespace before a `;` or at either end, tabs, an
+/// empty parameter (`;;`) or a trailing `;`, a backslash escape, an empty
+/// quoted string, or a parameter named twice (parsers disagree on which
+/// one counts). A handler that refuses such a spelling (axum answers 415)
+/// stores that refusal for the spelling alone; the corrected request is
+/// another one.
 pub(crate) fn normalize_media_type(text: &str) -> Option<String> {
-    let mut rest = text.trim_matches([' ', '\t']);
-    let (kind, after) = split_token(rest)?;
-    rest = after.strip_prefix('/')?;
-    let (subtype, after) = split_token(rest)?;
-    rest = after;
+    let (kind, after) = split_token(text)?;
+    let rest = after.strip_prefix('/')?;
+    let (subtype, mut rest) = split_token(rest)?;
     let essence = format!(
         "{}/{}",
         kind.to_ascii_lowercase(),
         subtype.to_ascii_lowercase()
     );
     let mut parameters: Vec<(String, String)> = Vec::new();
-    loop {
-        rest = rest.trim_start_matches([' ', '\t']);
-        if rest.is_empty() {
-            break;
-        }
-        rest = rest.strip_prefix(';')?.trim_start_matches([' ', '\t']);
-        if rest.is_empty() || rest.starts_with(';') {
-            continue; // an empty parameter, which the grammar allows
-        }
+    while !rest.is_empty() {
+        rest = rest.strip_prefix(';')?.trim_start_matches(' ');
         let (name, after) = split_token(rest)?;
         rest = after.strip_prefix('=')?;
         let (value, after) = if rest.starts_with('"') {
@@ -158,55 +178,15 @@ pub(crate) fn normalize_media_type(text: &str) -> Option<String> {
         out.push(';');
         out.push_str(&name);
         out.push('=');
-        if !value.is_empty() && value.chars().all(is_tchar) {
+        if value.chars().all(is_tchar) {
             out.push_str(&value);
         } else {
             out.push('"');
-            for c in value.chars() {
-                if c == '"' || c == '\\' {
-                    out.push('\\');
-                }
-                out.push(c);
-            }
+            out.push_str(&value);
             out.push('"');
         }
     }
     Some(out)
-}
-
-/// The content codings of the body (RFC 9110 §8.4) in canonical form:
-/// lower case, in the order applied, `x-gzip` as `gzip` and `x-compress`
-/// as `compress` (§8.4.1), `identity` dropped, joined with `,`. Empty
-/// when the body has none; the raw values when one does not parse.
-fn content_coding(headers: &HeaderMap) -> Result<String, Vec<Vec<u8>>> {
-    let mut codings: Vec<String> = Vec::new();
-    for value in headers.get_all(CONTENT_ENCODING) {
-        let parsed = value.to_str().ok().and_then(|text| {
-            text.split(',')
-                .map(|c| c.trim_matches([' ', '\t']))
-                .filter(|c| !c.is_empty())
-                .map(|c| c.chars().all(is_tchar).then(|| c.to_ascii_lowercase()))
-                .collect::<Option<Vec<String>>>()
-        });
-        let Some(parsed) = parsed else {
-            return Err(headers
-                .get_all(CONTENT_ENCODING)
-                .iter()
-                .map(|v| v.as_bytes().to_vec())
-                .collect());
-        };
-        codings.extend(parsed);
-    }
-    Ok(codings
-        .into_iter()
-        .filter(|c| c != "identity")
-        .map(|c| match c.as_str() {
-            "x-gzip" => "gzip".to_owned(),
-            "x-compress" => "compress".to_owned(),
-            _ => c,
-        })
-        .collect::<Vec<_>>()
-        .join(","))
 }
 
 /// RFC 9110 §5.6.2 `tchar`.
@@ -220,20 +200,14 @@ fn split_token(text: &str) -> Option<(&str, &str)> {
     (end > 0).then(|| text.split_at(end))
 }
 
-/// A quoted string (RFC 9110 §5.6.4) at the start of `text`: its value
-/// with escapes resolved, and what follows it.
+/// A non-empty quoted string (RFC 9110 §5.6.4) without escapes at the
+/// start of `text`: its value and what follows it.
 fn quoted_string(text: &str) -> Option<(String, &str)> {
-    let mut value = String::new();
-    let mut chars = text.char_indices().skip(1);
-    while let Some((at, c)) = chars.next() {
-        match c {
-            '"' => return Some((value, &text[at + 1..])),
-            '\\' => value.push(chars.next()?.1),
-            c if c == '\t' || (' '..='~').contains(&c) => value.push(c),
-            _ => return None,
-        }
-    }
-    None
+    let inner = text.strip_prefix('"')?;
+    let end = inner.find('"')?;
+    let value = &inner[..end];
+    let plain = |c: char| c == ' ' || (c.is_ascii_graphic() && c != '\\');
+    (!value.is_empty() && value.chars().all(plain)).then(|| (value.to_owned(), &inner[end + 1..]))
 }
 
 #[cfg(test)]
@@ -241,15 +215,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn media_types_that_mean_the_same_normalise_alike() {
+    fn media_types_every_parser_reads_alike_normalise_alike() {
         for (a, b) in [
             ("application/json", "Application/JSON"),
             ("application/json", "application/json; charset=utf-8"),
-            // An empty parameter, which RFC 9110 allows.
-            ("application/json", "application/json;"),
             ("application/json", "application/json;charset=\"UTF-8\""),
+            ("application/json", "application/json;   Charset=utf-8"),
             ("text/plain; charset=utf-8", "text/plain;Charset=UTF-8"),
-            ("text/plain; a=1; b=2", "text/plain;b=2 ;a=1"),
+            ("text/plain; a=1; b=2", "text/plain;b=2;  a=1"),
             ("text/plain; a=\"x\"", "text/plain; a=x"),
             (
                 "multipart/form-data; boundary=\"a b\"",
@@ -287,8 +260,11 @@ mod tests {
         }
     }
 
+    /// Spellings RFC 9110 allows but the `mime` crate (axum's `Json`)
+    /// refuses, or where parsers disagree: no canonical form, so each
+    /// matches only its own bytes.
     #[test]
-    fn text_that_is_no_media_type_does_not_normalise() {
+    fn text_that_is_no_strict_media_type_does_not_normalise() {
         for text in [
             "",
             "json",
@@ -299,6 +275,17 @@ mod tests {
             "application/json; a=1; a=2",
             "application json",
             "application/json x",
+            "application/json;",
+            "application/json;;",
+            "application/json;; charset=utf-8",
+            "application/json ;charset=utf-8",
+            "application/json ",
+            " application/json",
+            "application/json;\tcharset=utf-8",
+            "application/json; charset=utf-8;",
+            "application/json; a=\"\"",
+            "application/json; a=\"x\\\"y\"",
+            "application/json; a=",
         ] {
             assert_eq!(normalize_media_type(text), None, "{text:?}");
         }
@@ -307,9 +294,9 @@ mod tests {
     #[test]
     fn the_canonical_form_is_its_own_canonical_form() {
         for text in [
-            "Text/Plain; B=\"a \\\"q\\\"\"; A=x; charset=UTF-8",
+            "Text/Plain; B=\"a q\"; A=x; charset=UTF-8",
             "application/problem+json; charset=utf-8; v=2",
-            "multipart/form-data; boundary=\"\"",
+            "multipart/form-data; boundary=\"x y\"",
         ] {
             let once = normalize_media_type(text).unwrap();
             assert_eq!(normalize_media_type(&once).as_deref(), Some(once.as_str()));

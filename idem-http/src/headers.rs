@@ -34,24 +34,30 @@ const CREDENTIALS: [&str; 11] = [
     "x-csrf-token",
 ];
 
-/// Words that mark a header name as carrying credentials or session state
-/// when they appear as one of its `-` or `_` separated parts
-/// (`x-auth-token`, `x-session-id`, `x-amz-security-token`).
-const CREDENTIAL_WORDS: [&str; 17] = [
-    "auth",
-    "authn",
-    "authz",
-    "authorization",
-    "authentication",
+/// Fragments that mark a header name as carrying credentials or session
+/// state wherever they appear in it, once the name is taken in lower case
+/// without its `-`, `_` and `.` separators: `x-auth-token`, `X-AuthToken`,
+/// `x-sessionid`, `X-CSRFToken`, `x-amz-security-token`, `x-api-key`.
+///
+/// Matching fragments rather than whole words errs on the side of not
+/// storing: a header such as `x-author` or `x-tokens-left` is not replayed
+/// either (the first caller still gets it). [`StoredHeaders::allow`] lets
+/// such a header through.
+const CREDENTIAL_FRAGMENTS: [&str; 17] = [
+    "accesskey",
     "apikey",
+    "auth", // authorization, authentication, authn, authz, oauth, authtoken
     "bearer",
     "cookie",
     "credential",
-    "credentials",
     "csrf",
     "jwt",
+    "passphrase",
+    "passwd",
     "password",
+    "privatekey",
     "secret",
+    "sessid",
     "session",
     "token",
     "xsrf",
@@ -74,12 +80,16 @@ const CREDENTIAL_WORDS: [&str; 17] = [
 ///   `Set-Cookie2`, `Cookie`, `Authorization`, `Proxy-Authorization`, the
 ///   authentication challenges `WWW-Authenticate` and `Proxy-Authenticate`,
 ///   `Authentication-Info`, `Proxy-Authentication-Info`, `Clear-Site-Data`,
-///   and any header whose name has one of these words as a `-` or `_`
-///   separated part: `auth`, `authn`, `authz`, `authorization`,
-///   `authentication`, `apikey`, `bearer`, `cookie`, `credential(s)`,
-///   `csrf`, `xsrf`, `jwt`, `password`, `secret`, `session`, `token` (so
-///   `X-Auth-Token`, `X-CSRF-Token`, `X-Session-Id` and
-///   `X-Amz-Security-Token`), or `api` followed by `key` (`X-Api-Key`).
+///   and any header whose name contains one of these fragments, in any
+///   case and once its `-`, `_` and `.` separators are removed: `auth`,
+///   `token`, `session`, `sessid`, `cookie`, `csrf`, `xsrf`, `secret`,
+///   `password`, `passwd`, `passphrase`, `credential`, `bearer`, `jwt`,
+///   `apikey`, `accesskey`, `privatekey` — so `X-Auth-Token` and
+///   `X-AuthToken`, `X-Session-Id` and `X-SessionID`, `X-CSRF-Token` and
+///   `X-CSRFToken`, `X-Access-Token`, `X-Refresh-Token`, `X-Api-Key` and
+///   `X-Amz-Security-Token`. A fragment errs on the side of not storing: a
+///   header that only looks like one (`X-Author`, `X-Tokens-Left`) is not
+///   replayed either; [`StoredHeaders::allow`] lets it through.
 ///
 /// The original caller gets every header its handler set; only the stored
 /// copy is filtered. A handler whose *body* carries a secret (an endpoint
@@ -158,14 +168,19 @@ impl StoredHeaders {
     }
 }
 
-/// Whether a (lower-case) header name names credentials or session state.
+/// Whether a header name names credentials or session state (any case).
 fn carries_credentials(name: &str) -> bool {
-    if CREDENTIALS.contains(&name) {
+    let name = name.to_ascii_lowercase();
+    if CREDENTIALS.contains(&name.as_str()) {
         return true;
     }
-    let parts: Vec<&str> = name.split(['-', '_']).collect();
-    parts.iter().any(|part| CREDENTIAL_WORDS.contains(part))
-        || parts.windows(2).any(|pair| pair == ["api", "key"])
+    let squashed: String = name
+        .chars()
+        .filter(|c| !matches!(c, '-' | '_' | '.'))
+        .collect();
+    CREDENTIAL_FRAGMENTS
+        .iter()
+        .any(|fragment| squashed.contains(fragment))
 }
 
 #[cfg(test)]
@@ -192,8 +207,41 @@ mod tests {
             "x-refresh-token",
             "x-client-secret",
             "x-jwt",
+            // One-word spellings (Django's `X-CSRFToken`, `X-SessionID`).
+            "x-sessionid",
+            "x-sessiontoken",
+            "x-authtoken",
+            "x-accesstoken",
+            "x-refreshtoken",
+            "x-csrftoken",
+            "x-xsrftoken",
+            "x-api.key",
+            "x-oauth-state",
+            "x-goog-iam-authorization-token",
+            "x-sessid",
+            "phpsessid",
+            "x-access-key-id",
+            "x-private-key",
         ] {
             assert!(!stored(name), "{name}");
+        }
+    }
+
+    #[test]
+    fn the_match_ignores_case_and_separators() {
+        for name in ["X-CSRFToken", "X-SessionID", "x_Auth_Token", "X.Api.Key"] {
+            assert!(carries_credentials(name), "{name}");
+        }
+    }
+
+    #[test]
+    fn names_that_only_look_like_credentials_are_dropped_unless_allowed() {
+        for name in ["x-author", "x-tokens-left"] {
+            let header = HeaderName::from_static(name);
+            assert!(!StoredHeaders::default().stores(&header), "{name}");
+            assert!(StoredHeaders::default()
+                .allow([header])
+                .stores(&HeaderName::from_static(name)));
         }
     }
 
@@ -208,9 +256,9 @@ mod tests {
             "cache-control",
             "x-request-id",
             "x-ratelimit-remaining",
-            "x-author",
-            "x-tokens-left",
             "retry-after",
+            "grpc-status",
+            "grpc-message",
         ] {
             assert!(stored(name), "{name}");
         }

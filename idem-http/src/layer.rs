@@ -7,7 +7,7 @@ use http::{HeaderName, Method};
 use idem_core::keys::{KeyStore, ResponsePolicy, Scope, DEFAULT_LEASE};
 use tower_layer::Layer;
 
-use crate::{Idempotency, StoredHeaders};
+use crate::{Drain, Idempotency, StoredHeaders};
 
 /// The default response limit: 1 MiB.
 pub const DEFAULT_RESPONSE_LIMIT: usize = 1024 * 1024;
@@ -50,6 +50,7 @@ pub(crate) struct Config<K> {
     pub(crate) response_limit: usize,
     pub(crate) stored_headers: StoredHeaders,
     pub(crate) fingerprint_headers: Vec<HeaderName>,
+    pub(crate) drain: Drain,
 }
 
 impl<K> Clone for Config<K> {
@@ -67,6 +68,7 @@ impl<K> Clone for Config<K> {
             response_limit: self.response_limit,
             stored_headers: self.stored_headers.clone(),
             fingerprint_headers: self.fingerprint_headers.clone(),
+            drain: self.drain.clone(),
         }
     }
 }
@@ -113,6 +115,7 @@ impl<K: KeyStore> IdempotencyLayer<K> {
                 response_limit: DEFAULT_RESPONSE_LIMIT,
                 stored_headers: StoredHeaders::default(),
                 fingerprint_headers: Vec::new(),
+                drain: Drain::default(),
             },
         }
     }
@@ -227,8 +230,12 @@ impl<K: KeyStore> IdempotencyLayer<K> {
     ///   is completed at once with [`Rejection::ResponseNotKept`](crate::Rejection::ResponseNotKept)
     ///   (410, the original status in `original_status`) instead: every
     ///   retry of the key gets that answer and the work never runs again.
-    ///   An endless stream (server-sent events) reaches this too, so its
-    ///   key never stays in progress.
+    /// - A response still being read three quarters into the lease (a slow
+    ///   or endless stream: server-sent events) is completed with the same
+    ///   410 then, and its client reads the rest: no key stays in progress
+    ///   past its lease because of a response.
+    /// - A stream whose client hung up is read no further than what it has
+    ///   ready: it is dropped and its key completed with the 410.
     ///
     /// The same 410 is stored when the key store fails to store a response
     /// (a database that refuses a value that large), rather than leaving
@@ -261,11 +268,28 @@ impl<K: KeyStore> IdempotencyLayer<K> {
     /// value is 422; a request without the header differs from one with
     /// it, even empty.
     ///
+    /// Listing `Content-Type` makes its exact bytes part of the
+    /// fingerprint too, beside the normalised media type: for handlers that
+    /// compare the header as a string (and so may refuse
+    /// `application/json;charset=utf-8` while taking
+    /// `application/json; charset=utf-8`).
+    ///
     /// Adding a header changes the fingerprint of every request that
     /// carries it, so a retry of a key stored before the change gets 422.
     pub fn fingerprint_headers(mut self, names: impl IntoIterator<Item = HeaderName>) -> Self {
         self.config.fingerprint_headers = names.into_iter().collect();
         self
+    }
+}
+
+impl<K> IdempotencyLayer<K> {
+    /// A handle that waits for the claimed requests this layer — and every
+    /// clone of it, and every service made from them — runs on tasks of
+    /// its own (see [`Drain`]): await [`Drain::wait`] after the server's
+    /// graceful shutdown, so that work whose client hung up still ends
+    /// with its response stored.
+    pub fn drain(&self) -> Drain {
+        self.config.drain.clone()
     }
 }
 

@@ -1,8 +1,10 @@
 use std::fmt;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
@@ -10,19 +12,22 @@ use futures::FutureExt;
 use http::header::{HeaderName, HeaderValue, CONTENT_LENGTH};
 use http::request::Parts;
 use http::{HeaderMap, Request, Response, StatusCode};
-use http_body::Body;
+use http_body::{Body, Frame, SizeHint};
 use http_body_util::{BodyExt, Either, Full, LengthLimitError, Limited};
 use idem_core::keys::{
     Claim, Completion, Fingerprint, IdempotencyKey, KeyStore, Lease, Scope, StoredResponse,
+    TRAILER_PREFIX,
 };
+use tokio::time::Instant;
 use tower_service::Service;
 use tracing::Instrument;
 
 use crate::body::{self, BoxError, End, Feed};
 use crate::fingerprint::fingerprint;
 use crate::future::{ResponseBody, ResponseFuture};
+use crate::grpc::{self, Wire};
 use crate::layer::Config;
-use crate::Rejection;
+use crate::{Rejection, StoredHeaders};
 
 /// The header added to replayed responses.
 pub const REPLAYED_HEADER: &str = "idempotent-replayed";
@@ -124,10 +129,14 @@ where
     ResBody::Error: Into<BoxError>,
 {
     let (parts, body) = request.into_parts();
+    let wire = Wire::of(&parts.headers);
+    if wire == Wire::GrpcWeb {
+        return Ok(reject(wire, Rejection::GrpcWeb));
+    }
     let admitted = admit(&config, &parts, body).await;
     let (scope, key, body) = match admitted {
         Ok(admitted) => admitted,
-        Err(rejection) => return Ok(reject(rejection)),
+        Err(rejection) => return Ok(reject(wire, rejection)),
     };
     let request = Admitted {
         fingerprint: fingerprint(&parts, &body, &config.fingerprint_headers),
@@ -135,12 +144,18 @@ where
         body,
         scope,
         key,
+        wire,
     };
     // Nothing is claimed yet: a client that hangs up until here leaves no
     // trace. From the claim on, the work runs to its end on a task of its
     // own, so that a hang-up (hyper drops this future) never drops a
     // claimed request between its effects and its stored response.
-    detached(claim_and_run(config, inner, request)).await
+    detached(
+        &config,
+        wire,
+        claim_and_run(Arc::clone(&config), inner, request),
+    )
+    .await
 }
 
 /// A request whose key, scope and body were read.
@@ -150,6 +165,24 @@ struct Admitted {
     scope: Scope,
     key: IdempotencyKey,
     fingerprint: Fingerprint,
+    wire: Wire,
+}
+
+/// A claim this request holds, and how its response is read.
+#[derive(Clone)]
+struct Claimed {
+    lease: Lease,
+    wire: Wire,
+    /// When the response must be final in the store, with time to spare
+    /// before the lease expires (`None` outside a tokio runtime, which
+    /// has no timer).
+    deadline: Option<Instant>,
+}
+
+/// How far into its lease a claimed request's response may still be read
+/// to be stored: three quarters, leaving a quarter for the store's write.
+fn reading_window(lease: Duration) -> Duration {
+    lease / 4 * 3
 }
 
 /// The reading of a relayed body to its stored record (see [`pump`]).
@@ -173,10 +206,15 @@ impl<T, E> Ran<T, E> {
 
 /// Runs `work` on the current tokio runtime and waits for its response;
 /// the task then goes on reading a relayed body to its stored record.
-/// Dropping the returned future stops neither. Outside a tokio runtime it
-/// runs in place, the relayed body drives the rest itself, and a dropped
-/// future or body drops the work (the layer's docs say so).
-async fn detached<F, T, E>(work: F) -> Result<Response<ResponseBody<T>>, E>
+/// Dropping the returned future stops neither; [`Drain`](crate::Drain)
+/// counts the task until it ends. Outside a tokio runtime it runs in
+/// place, the relayed body drives the rest itself, and a dropped future
+/// or body drops the work (the layer's docs say so).
+async fn detached<K, F, T, E>(
+    config: &Config<K>,
+    wire: Wire,
+    work: F,
+) -> Result<Response<ResponseBody<T>>, E>
 where
     F: Future<Output = Ran<T, E>> + Send + 'static,
     T: Send + 'static,
@@ -194,11 +232,13 @@ where
         });
     };
     let (head, response) = tokio::sync::oneshot::channel();
+    let running = config.drain.enter();
     let task = runtime.spawn(
         async move {
+            let _running = running;
             let Ran { response, pump } = work.await;
-            // The client may be gone: the pump then stores the response
-            // without relaying it.
+            // The client may be gone: the pump then stores the final
+            // answer without relaying it.
             let _ = head.send(response);
             if let Some(pump) = pump {
                 pump.await;
@@ -217,7 +257,7 @@ where
                 ?error,
                 "the task running an idempotent request was cancelled"
             );
-            Ok(reject(Rejection::ResponseFailed))
+            Ok(reject(wire, Rejection::ResponseFailed))
         }
     }
 }
@@ -242,7 +282,10 @@ where
         scope,
         key,
         fingerprint,
+        wire,
     } = request;
+    // Taken before the claim: the store's lease starts no earlier.
+    let claimed_at = Instant::now();
     let claim = config
         .store
         .claim(&scope, &key, &fingerprint, config.lease)
@@ -255,18 +298,25 @@ where
         }
         Ok(Claim::Replay(stored)) => return Ran::done(Ok(replay(stored))),
         Ok(Claim::InProgress { retry_after }) => {
-            return Ran::done(Ok(reject(Rejection::InProgress { retry_after })))
+            return Ran::done(Ok(reject(wire, Rejection::InProgress { retry_after })))
         }
-        Ok(Claim::KeyReused) => return Ran::done(Ok(reject(Rejection::KeyReused))),
-        Err(error) => return Ran::done(Ok(reject(store_failed(&error)))),
+        Ok(Claim::KeyReused) => return Ran::done(Ok(reject(wire, Rejection::KeyReused))),
+        Err(error) => return Ran::done(Ok(reject(wire, store_failed(&error)))),
     };
     parts.extensions.insert(ClaimedKey {
         scope,
         key,
         recovered,
     });
+    let claimed = Claimed {
+        lease,
+        wire,
+        deadline: tokio::runtime::Handle::try_current()
+            .is_ok()
+            .then(|| claimed_at + reading_window(config.lease)),
+    };
     let request = Request::from_parts(parts, Either::Left(Full::new(body)));
-    let run = AssertUnwindSafe(run(&config, inner, request, &lease));
+    let run = AssertUnwindSafe(run(&config, inner, request, &claimed));
     match run.catch_unwind().await {
         Ok(ran) => ran,
         Err(panic) => {
@@ -277,13 +327,27 @@ where
                 .unwrap_or("(not a string)");
             tracing::error!(
                 panic = message,
-                key = %lease.key(),
+                key = %claimed.lease.key(),
                 "the handler panicked: releasing the idempotency key, nothing is stored"
             );
-            release(&config, &lease).await;
-            Ran::done(Ok(reject(Rejection::ResponseFailed)))
+            release(&config, &claimed.lease).await;
+            Ran::done(Ok(reject(wire, Rejection::ResponseFailed)))
         }
     }
+}
+
+/// Whether a response is a final answer, as far as its head tells:
+/// `Some` when it does, `None` for a gRPC call whose `grpc-status` comes
+/// in its trailers.
+fn final_at_head<K, B>(config: &Config<K>, wire: Wire, response: &Response<B>) -> Option<bool> {
+    if !config.policy.is_final(response.status().as_u16()) {
+        return Some(false);
+    }
+    if wire != Wire::Grpc {
+        return Some(true);
+    }
+    grpc::status_in(response.headers())
+        .map(|code| config.policy.is_final(grpc::http_equivalent(code)))
 }
 
 /// Calls the inner service with the claimed key and stores its response
@@ -295,7 +359,7 @@ async fn run<S, K, ReqBody, ResBody>(
     config: &Arc<Config<K>>,
     mut inner: S,
     request: Request<Either<Full<Bytes>, ReqBody>>,
-    lease: &Lease,
+    claimed: &Claimed,
 ) -> Ran<ResBody, S::Error>
 where
     S: Service<Request<Either<Full<Bytes>, ReqBody>>, Response = Response<ResBody>>,
@@ -303,6 +367,7 @@ where
     ResBody: Body<Data = Bytes> + Send + 'static,
     ResBody::Error: Into<BoxError>,
 {
+    let lease = &claimed.lease;
     let response = match inner.call(request).await {
         Ok(response) => response,
         Err(error) => {
@@ -310,99 +375,316 @@ where
             return Ran::done(Err(error));
         }
     };
-    if !config.policy.is_final(response.status().as_u16()) {
+    let at_head = final_at_head(config, claimed.wire, &response);
+    if at_head == Some(false) {
         release(config, lease).await;
         return Ran::done(Ok(response.map(ResponseBody::inner)));
     }
     let (parts, body) = response.into_parts();
-    let head = stored_head(parts.status, &parts.headers, config);
-    let room = config.response_limit.checked_sub(head_size(&head));
     let hint = body.size_hint();
-    match (room, hint.exact()) {
-        (Some(room), Some(len)) if len <= room as u64 => {
-            let bytes = match read_known_length(body, room).await {
-                Ok(bytes) => bytes,
-                Err(error) => {
-                    tracing::error!(%error, "the response body failed: releasing the idempotency key");
-                    release(config, lease).await;
-                    return Ran::done(Ok(reject(Rejection::ResponseFailed)));
-                }
-            };
-            let mut stored = head;
-            stored.body = bytes.to_vec();
-            complete(config, lease, stored).await;
-            Ran::done(Ok(Response::from_parts(parts, ResponseBody::full(bytes))))
+    let Ok(expected) = expected_length(parts.status, &parts.headers, &hint) else {
+        // hyper refuses to send it: the client never gets this answer.
+        tracing::error!(
+            key = %lease.key(),
+            "the response's Content-Length is not one number: releasing the idempotency key, nothing is stored"
+        );
+        release(config, lease).await;
+        return Ran::done(Ok(Response::from_parts(parts, ResponseBody::inner(body))));
+    };
+    let head = stored_head(parts.status, &parts.headers, config);
+    let Some(room) = config.response_limit.checked_sub(head_size(&head)) else {
+        not_kept(config, claimed, parts.status.as_u16()).await;
+        return Ran::done(Ok(Response::from_parts(parts, ResponseBody::inner(body))));
+    };
+    let kept = Kept::new(head, room, expected, at_head.is_none());
+    match hint.exact() {
+        Some(len) if len <= room as u64 => buffered(config, claimed, parts, body, kept).await,
+        Some(_) => {
+            not_kept(config, claimed, parts.status.as_u16()).await;
+            Ran::done(Ok(Response::from_parts(parts, ResponseBody::inner(body))))
         }
-        (Some(room), None) => {
+        None => {
             let (relay, feed) = body::relay(hint);
-            let pump = pump(
-                Arc::clone(config),
-                lease.clone(),
-                Kept::new(head, room, declared_length(&parts.headers)),
-                body,
-                feed,
-            );
+            let pump = pump(Arc::clone(config), claimed.clone(), kept, body, feed);
             Ran {
                 response: Ok(Response::from_parts(parts, ResponseBody::relay(relay))),
                 pump: Some(Box::pin(pump)),
             }
         }
-        _ => {
-            not_kept(config, lease, parts.status.as_u16()).await;
-            Ran::done(Ok(Response::from_parts(parts, ResponseBody::inner(body))))
-        }
     }
 }
 
-/// Reads a body whose size hint is exact, at most `room` bytes (a body
-/// longer than its own hint fails).
-async fn read_known_length<B>(body: B, room: usize) -> Result<Bytes, BoxError>
+/// The length a response's body must have, when it says: its
+/// `Content-Length` (every value the same number), else its exact size
+/// hint. `None` for a status that has no content (1xx, 204, 304), where a
+/// `Content-Length` describes another response. `Err` when the header
+/// holds anything but one number.
+fn expected_length(
+    status: StatusCode,
+    headers: &HeaderMap,
+    hint: &SizeHint,
+) -> Result<Option<u64>, ()> {
+    if status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+    {
+        return Ok(None);
+    }
+    let mut declared = None;
+    for value in headers.get_all(CONTENT_LENGTH) {
+        let text = value.to_str().map_err(|_| ())?;
+        for part in text.split(',') {
+            let part = part.trim_matches([' ', '\t']);
+            if part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(());
+            }
+            let len: u64 = part.parse().map_err(|_| ())?;
+            if declared.is_some_and(|earlier| earlier != len) {
+                return Err(());
+            }
+            declared = Some(len);
+        }
+    }
+    Ok(declared.or_else(|| hint.exact()))
+}
+
+/// Reads a body whose size hint is exact and within the limit, stores it
+/// (or releases the key), then hands the whole response to the client.
+/// A body still not read at the deadline (or longer than its hint) is
+/// relayed instead, its key completed with [`Rejection::ResponseNotKept`].
+async fn buffered<K, B, E>(
+    config: &Arc<Config<K>>,
+    claimed: &Claimed,
+    parts: http::response::Parts,
+    body: B,
+    mut kept: Kept,
+) -> Ran<B, E>
+where
+    K: KeyStore + 'static,
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    let hint = body.size_hint();
+    let mut body = Box::pin(body);
+    loop {
+        let frame = match next_frame(&mut body, claimed.deadline, None).await {
+            Next::Frame(frame) => frame,
+            Next::End => break,
+            Next::Failed => {
+                release(config, &claimed.lease).await;
+                return Ran::done(Ok(reject(claimed.wire, Rejection::ResponseFailed)));
+            }
+            Next::Late | Next::Gone => {
+                late(&claimed.lease);
+                not_kept(config, claimed, parts.status.as_u16()).await;
+                let relay = relayed(hint, &kept, None, End::Rest(body));
+                return Ran::done(Ok(Response::from_parts(parts, relay)));
+            }
+        };
+        match kept.take(&frame, &config.stored_headers) {
+            Ok(()) => {}
+            Err(Overflow::Limit) => {
+                not_kept(config, claimed, parts.status.as_u16()).await;
+                let relay = relayed(hint, &kept, Some(frame), End::Rest(body));
+                return Ran::done(Ok(Response::from_parts(parts, relay)));
+            }
+            Err(Overflow::Overran) => {
+                overran(&claimed.lease);
+                release(config, &claimed.lease).await;
+                return Ran::done(Ok(reject(claimed.wire, Rejection::ResponseFailed)));
+            }
+        }
+    }
+    let (bytes, trailers) = (kept.body(), kept.trailers.clone());
+    match settle(config, claimed, kept).await {
+        Settled::Failed => Ran::done(Ok(reject(claimed.wire, Rejection::ResponseFailed))),
+        Settled::Kept => Ran::done(Ok(Response::from_parts(
+            parts,
+            ResponseBody::stored(bytes, trailers),
+        ))),
+    }
+}
+
+/// A relayed body for the client: the frames read so far, `extra`, then
+/// `end`.
+fn relayed<B>(
+    hint: SizeHint,
+    kept: &Kept,
+    extra: Option<Frame<Bytes>>,
+    end: End<B>,
+) -> ResponseBody<B> {
+    let (relay, feed) = body::relay(hint);
+    for chunk in &kept.chunks {
+        feed.push(Frame::data(chunk.clone()));
+    }
+    if let Some(trailers) = &kept.trailers {
+        feed.push(Frame::trailers(trailers.clone()));
+    }
+    if let Some(frame) = extra {
+        feed.push(frame);
+    }
+    feed.end(end);
+    ResponseBody::relay(relay)
+}
+
+fn late(lease: &Lease) {
+    tracing::warn!(
+        key = %lease.key(),
+        "the response is still streaming three quarters into the idempotency key's lease: \
+         completing the key with 410 (response not kept), the client reads the rest"
+    );
+}
+
+fn overran(lease: &Lease) {
+    tracing::error!(
+        key = %lease.key(),
+        "the response body is longer than its declared length: releasing the idempotency key"
+    );
+}
+
+/// The next frame of a response body, or why there is none: its end, its
+/// failure (an error or a panic, logged), the deadline, or the client's
+/// hang-up (when `feed` is given), whichever comes first — a frame that
+/// is ready wins.
+async fn next_frame<B>(
+    body: &mut Pin<Box<B>>,
+    deadline: Option<Instant>,
+    feed: Option<&Feed<B>>,
+) -> Next
 where
     B: Body<Data = Bytes>,
     B::Error: Into<BoxError>,
 {
-    let collected = Limited::new(body, room).collect().await?;
-    Ok(collected.to_bytes())
+    let late = async move {
+        match deadline {
+            Some(at) => tokio::time::sleep_until(at).await,
+            None => std::future::pending().await,
+        }
+    };
+    let gone = async move {
+        match feed {
+            Some(feed) => feed.gone().await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        biased;
+        next = read_frame(body) => next,
+        () = gone => Next::Gone,
+        () = late => Next::Late,
+    }
 }
 
-/// The copy of a relayed response the layer keeps to store it, within the
+/// The next frame, the end, or a failure (an error or a panic, logged).
+async fn read_frame<B>(body: &mut Pin<Box<B>>) -> Next
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    // The body's own error type need not be `Send`: it becomes a
+    // `BoxError` inside the poll.
+    let next = body
+        .frame()
+        .map(|frame| frame.map(|f| f.map_err(Into::<BoxError>::into)));
+    match AssertUnwindSafe(next).catch_unwind().await {
+        Ok(None) => Next::End,
+        Ok(Some(Ok(frame))) => Next::Frame(frame),
+        Ok(Some(Err(error))) => {
+            tracing::error!(%error, "the response body failed: releasing the idempotency key");
+            Next::Failed
+        }
+        Err(_) => {
+            tracing::error!(
+                "the response body panicked: releasing the idempotency key, nothing is stored"
+            );
+            Next::Failed
+        }
+    }
+}
+
+/// What reading a response body gave.
+enum Next {
+    Frame(Frame<Bytes>),
+    End,
+    Failed,
+    /// The deadline passed first.
+    Late,
+    /// The client hung up (and, once it has, no frame was ready).
+    Gone,
+}
+
+/// Why a frame was not kept.
+enum Overflow {
+    /// The stored response would exceed the response limit.
+    Limit,
+    /// The body is longer than the length it declared.
+    Overran,
+}
+
+/// The copy of a final response the layer keeps to store it, within the
 /// response limit.
 struct Kept {
     stored: StoredResponse,
     chunks: Vec<Bytes>,
-    /// Body bytes still allowed under the limit.
+    /// Bytes still allowed under the limit.
     room: usize,
-    /// The response's `Content-Length`, if it declares one.
-    declared: Option<u64>,
+    /// The length the body must have ([`expected_length`]).
+    expected: Option<u64>,
     read: u64,
+    /// The trailers as the handler sent them (the client gets them all).
+    trailers: Option<HeaderMap>,
+    /// A gRPC call whose `grpc-status` comes in its trailers.
+    status_in_trailers: bool,
 }
 
 impl Kept {
-    fn new(stored: StoredResponse, room: usize, declared: Option<u64>) -> Self {
+    fn new(
+        stored: StoredResponse,
+        room: usize,
+        expected: Option<u64>,
+        status_in_trailers: bool,
+    ) -> Self {
         Kept {
             stored,
             chunks: Vec::new(),
             room,
-            declared,
+            expected,
             read: 0,
+            trailers: None,
+            status_in_trailers,
         }
     }
 
-    /// Keeps a chunk; false when it does not fit under the limit.
-    fn keep(&mut self, data: &Bytes) -> bool {
-        self.read += data.len() as u64;
-        if data.len() > self.room {
-            return false;
+    /// Keeps a frame: its data, or its trailers (those the stored headers
+    /// filter lets through go to the store).
+    fn take(&mut self, frame: &Frame<Bytes>, filter: &StoredHeaders) -> Result<(), Overflow> {
+        if let Some(data) = frame.data_ref() {
+            self.read += data.len() as u64;
+            if self.expected.is_some_and(|len| self.read > len) {
+                return Err(Overflow::Overran);
+            }
+            self.room = self.room.checked_sub(data.len()).ok_or(Overflow::Limit)?;
+            self.chunks.push(data.clone());
+        } else if let Some(trailers) = frame.trailers_ref() {
+            for (name, value) in trailers.iter().filter(|(name, _)| filter.stores(name)) {
+                let name = format!("{TRAILER_PREFIX}{name}");
+                let size = name.len() + value.len();
+                self.room = self.room.checked_sub(size).ok_or(Overflow::Limit)?;
+                self.stored.headers.push((name, value.as_bytes().to_vec()));
+            }
+            self.trailers = Some(trailers.clone());
         }
-        self.room -= data.len();
-        self.chunks.push(data.clone());
-        true
+        Ok(())
     }
 
-    /// Whether the body has reached the length it declared: its last bytes
-    /// wait until the record is stored.
-    fn at_declared_end(&self) -> bool {
-        self.declared == Some(self.read)
+    /// Whether a frame just kept ends the body for the client: its
+    /// trailers, or the data that reaches the declared length.
+    fn ends_body(&self, frame: &Frame<Bytes>) -> bool {
+        frame.is_trailers() || self.expected == Some(self.read)
+    }
+
+    fn body(&self) -> Bytes {
+        Bytes::from(self.chunks.concat())
     }
 
     fn into_stored(self) -> StoredResponse {
@@ -412,53 +694,106 @@ impl Kept {
     }
 }
 
+/// How a fully read response ended.
+enum Settled {
+    /// Stored, or released as the policy says: the client gets it as it is.
+    Kept,
+    /// Shorter than it declared: released, and the client's response must
+    /// end with an error.
+    Failed,
+}
+
+/// Stores a response read to its end, or releases its key: a body shorter
+/// than its declared length is a failure (hyper aborts such a response:
+/// its caller never got it), and a gRPC call is final only when its
+/// `grpc-status` says so.
+async fn settle<K: KeyStore>(config: &Config<K>, claimed: &Claimed, kept: Kept) -> Settled {
+    if let Some(expected) = kept.expected.filter(|len| *len != kept.read) {
+        tracing::error!(
+            key = %claimed.lease.key(),
+            expected,
+            read = kept.read,
+            "the response body ended before its declared length: releasing the idempotency key"
+        );
+        release(config, &claimed.lease).await;
+        return Settled::Failed;
+    }
+    if kept.status_in_trailers {
+        let code = kept.trailers.as_ref().and_then(grpc::status_in);
+        let final_ = code.is_some_and(|code| config.policy.is_final(grpc::http_equivalent(code)));
+        if !final_ {
+            if code.is_none() {
+                tracing::warn!(
+                    key = %claimed.lease.key(),
+                    "a gRPC response ended without grpc-status: releasing the idempotency key"
+                );
+            }
+            release(config, &claimed.lease).await;
+            return Settled::Kept;
+        }
+    }
+    complete(config, claimed, kept.into_stored()).await;
+    Settled::Kept
+}
+
 /// Reads a relayed body to its end and stores it, handing each frame to
-/// the client as it comes (trailers are relayed, not stored). It does not
-/// wait for the client: what it has not read yet is what the layer keeps
-/// anyway. When the body crosses the limit, the key is completed at once
-/// with [`Rejection::ResponseNotKept`] and the client reads the rest of
-/// the body itself (nothing is read once it hung up). A body that fails
-/// or panics before that releases the key and ends the client's body with
-/// an error.
-async fn pump<K, B>(config: Arc<Config<K>>, lease: Lease, mut kept: Kept, body: B, feed: Feed<B>)
-where
+/// the client as it comes — except what ends the body (the data that
+/// reaches a declared length, and the trailers), which waits until the
+/// record is final. It does not wait for the client: what it has not read
+/// yet is what the layer keeps anyway.
+///
+/// It stops reading, and completes the key with
+/// [`Rejection::ResponseNotKept`], when the body crosses the limit or is
+/// still streaming at the deadline (the client then reads the rest
+/// itself), and when the client hung up and the body has nothing more
+/// ready (the body is dropped). A body that fails, panics, or ends short
+/// of or beyond its declared length releases the key and ends the
+/// client's body with an error.
+async fn pump<K, B>(
+    config: Arc<Config<K>>,
+    claimed: Claimed,
+    mut kept: Kept,
+    body: B,
+    feed: Feed<B>,
+) where
     K: KeyStore,
     B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
     let mut body = Box::pin(body);
-    let mut held = None;
+    let mut held: Vec<Frame<Bytes>> = Vec::new();
+    let status = kept.stored.status;
     loop {
-        // The body's own error type need not be `Send`: it becomes a
-        // `BoxError` inside the poll.
-        let next = body
-            .frame()
-            .map(|frame| frame.map(|f| f.map_err(Into::into)));
-        let next: Result<Option<Result<_, BoxError>>, _> =
-            AssertUnwindSafe(next).catch_unwind().await;
-        let frame = match next {
-            Ok(None) => break,
-            Ok(Some(Ok(frame))) => frame,
-            Ok(Some(Err(error))) => {
-                tracing::error!(%error, "the response body failed: releasing the idempotency key");
-                release(&config, &lease).await;
+        // Once the client is gone, `next_frame` still returns the frames
+        // that are ready (they are read first), then `Gone`.
+        let frame = match next_frame(&mut body, claimed.deadline, Some(&feed)).await {
+            Next::Frame(frame) => frame,
+            Next::End => break,
+            Next::Failed => {
+                release(&config, &claimed.lease).await;
                 return feed.end(End::Failed);
             }
-            Err(_) => {
-                tracing::error!(
-                    key = %lease.key(),
-                    "the response body panicked: releasing the idempotency key, nothing is stored"
+            Next::Gone if feed.client_gone() => {
+                tracing::info!(
+                    key = %claimed.lease.key(),
+                    "the client hung up mid-stream: the stream is no longer read, its key is \
+                     completed with 410 (response not kept)"
                 );
-                release(&config, &lease).await;
-                return feed.end(End::Failed);
+                not_kept(&config, &claimed, status).await;
+                return feed.end(End::Done);
+            }
+            Next::Gone | Next::Late => {
+                late(&claimed.lease);
+                not_kept(&config, &claimed, status).await;
+                held.drain(..).for_each(|frame| feed.push(frame));
+                return feed.end(End::Rest(body));
             }
         };
-        if let Some(earlier) = held.take() {
-            feed.push(earlier);
-        }
-        if let Some(data) = frame.data_ref() {
-            if !kept.keep(data) {
-                not_kept(&config, &lease, kept.stored.status).await;
+        match kept.take(&frame, &config.stored_headers) {
+            Ok(()) => {}
+            Err(Overflow::Limit) => {
+                not_kept(&config, &claimed, status).await;
+                held.drain(..).for_each(|frame| feed.push(frame));
                 feed.push(frame);
                 let rest = if feed.client_gone() {
                     End::Done
@@ -467,26 +802,25 @@ where
                 };
                 return feed.end(rest);
             }
+            Err(Overflow::Overran) => {
+                overran(&claimed.lease);
+                release(&config, &claimed.lease).await;
+                return feed.end(End::Failed);
+            }
         }
-        if kept.at_declared_end() {
-            held = Some(frame);
+        if !held.is_empty() || kept.ends_body(&frame) {
+            held.push(frame);
         } else {
             feed.push(frame);
         }
     }
-    complete(&config, &lease, kept.into_stored()).await;
-    if let Some(last) = held {
-        feed.push(last);
+    match settle(&config, &claimed, kept).await {
+        Settled::Failed => feed.end(End::Failed),
+        Settled::Kept => {
+            held.into_iter().for_each(|frame| feed.push(frame));
+            feed.end(End::Done);
+        }
     }
-    feed.end(End::Done);
-}
-
-/// The `Content-Length` a response declares.
-fn declared_length(headers: &HeaderMap) -> Option<u64> {
-    headers
-        .get(CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok())
 }
 
 /// Checks the key, the scope and the body size, and reads the body.
@@ -571,14 +905,27 @@ fn head_size(stored: &StoredResponse) -> usize {
 }
 
 fn replay<B>(stored: StoredResponse) -> Response<ResponseBody<B>> {
-    let mut response = Response::new(ResponseBody::full(Bytes::from(stored.body)));
+    let mut trailers = HeaderMap::new();
+    for (name, value) in stored.trailers() {
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_bytes(value),
+        ) {
+            trailers.append(name, value);
+        }
+    }
+    let trailers = (!trailers.is_empty()).then_some(trailers);
+    let mut response = Response::new(ResponseBody::stored(
+        Bytes::copy_from_slice(&stored.body),
+        trailers,
+    ));
     *response.status_mut() =
         StatusCode::from_u16(stored.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let headers = response.headers_mut();
-    for (name, value) in stored.headers {
+    for (name, value) in stored.fields() {
         if let (Ok(name), Ok(value)) = (
             HeaderName::from_bytes(name.as_bytes()),
-            HeaderValue::from_bytes(&value),
+            HeaderValue::from_bytes(value),
         ) {
             headers.append(name, value);
         }
@@ -587,8 +934,14 @@ fn replay<B>(stored: StoredResponse) -> Response<ResponseBody<B>> {
     response
 }
 
-fn reject<B>(rejection: Rejection) -> Response<ResponseBody<B>> {
-    rejection.into_bytes_response().map(ResponseBody::full)
+/// The layer's own answer: a problem document, or for gRPC (and
+/// gRPC-Web) a trailers-only answer with the gRPC status.
+fn reject<B>(wire: Wire, rejection: Rejection) -> Response<ResponseBody<B>> {
+    let response = match wire {
+        Wire::Http => rejection.into_bytes_response(),
+        Wire::Grpc | Wire::GrpcWeb => grpc::rejection_response(&rejection),
+    };
+    response.map(ResponseBody::full)
 }
 
 async fn release<K: KeyStore>(config: &Config<K>, lease: &Lease) {
@@ -603,7 +956,8 @@ async fn release<K: KeyStore>(config: &Config<K>, lease: &Lease) {
 /// for it, a failing connection), stores [`Rejection::ResponseNotKept`]
 /// in its place, so the retry after the lease gets a final answer instead
 /// of running the work again.
-async fn complete<K: KeyStore>(config: &Config<K>, lease: &Lease, response: StoredResponse) {
+async fn complete<K: KeyStore>(config: &Config<K>, claimed: &Claimed, response: StoredResponse) {
+    let lease = &claimed.lease;
     let status = response.status;
     match config.store.complete(lease, &response).await {
         Ok(completion) => completed(lease, completion),
@@ -614,15 +968,22 @@ async fn complete<K: KeyStore>(config: &Config<K>, lease: &Lease, response: Stor
                 size = response.body.len(),
                 "idempotency key store failed to store a response: storing that it was not kept"
             );
-            not_kept(config, lease, status).await;
+            not_kept(config, claimed, status).await;
         }
     }
 }
 
-/// Completes the key with [`Rejection::ResponseNotKept`]: its response is
-/// too large to keep, or could not be stored.
-async fn not_kept<K: KeyStore>(config: &Config<K>, lease: &Lease, status: u16) {
-    let answer = Rejection::ResponseNotKept { status }.to_stored();
+/// Completes the key with [`Rejection::ResponseNotKept`] (in gRPC's shape
+/// for a gRPC call): its response is too large to keep, still streaming
+/// at the deadline, cut short by its client's hang-up, or could not be
+/// stored.
+async fn not_kept<K: KeyStore>(config: &Config<K>, claimed: &Claimed, status: u16) {
+    let lease = &claimed.lease;
+    let rejection = Rejection::ResponseNotKept { status };
+    let answer = match claimed.wire {
+        Wire::Http => rejection.to_stored(),
+        Wire::Grpc | Wire::GrpcWeb => grpc::rejection_stored(&rejection),
+    };
     match config.store.complete(lease, &answer).await {
         Ok(completion) => completed(lease, completion),
         Err(error) => tracing::error!(

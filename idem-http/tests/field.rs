@@ -21,21 +21,7 @@ use tokio::sync::mpsc;
 use tower::ServiceExt;
 
 mod common;
-use common::{client_scope, expect_problem, send, Store};
-
-/// Counts handler runs.
-#[derive(Clone, Default)]
-struct Runs(Arc<AtomicUsize>);
-
-impl Runs {
-    fn next(&self) -> usize {
-        self.0.fetch_add(1, Ordering::SeqCst) + 1
-    }
-
-    fn get(&self) -> usize {
-        self.0.load(Ordering::SeqCst)
-    }
-}
+use common::{client_scope, expect_problem, send, Runs, Store};
 
 fn post_to(path: &str, key: &str) -> axum::http::request::Builder {
     Request::post(path)
@@ -554,10 +540,42 @@ async fn spellings_of_the_same_media_type_replay() {
         "Application/JSON",
         "application/json; charset=utf-8",
         "application/json;charset=\"UTF-8\"",
-        "application/json ;",
+        "application/json;   Charset=utf-8",
     ] {
         let replay = send(&app, typed("m3", Some(same), body)).await;
         assert_eq!(replay.1["idempotent-replayed"], "true", "{same}");
+    }
+    assert_eq!(runs.get(), 1);
+}
+
+/// A handler that compares `Content-Type` as a string: listing the header
+/// in `fingerprint_headers` makes every spelling a request of its own.
+#[tokio::test]
+async fn listing_content_type_compares_its_exact_bytes() {
+    let runs = Runs::default();
+    let app = json_app(
+        runs.clone(),
+        layer().fingerprint_headers([http::header::CONTENT_TYPE]),
+    );
+    let body = r#"{"amount": 100}"#;
+    let _ = send(
+        &app,
+        typed("m9", Some("application/json; charset=utf-8"), body),
+    )
+    .await;
+    let same = send(
+        &app,
+        typed("m9", Some("application/json; charset=utf-8"), body),
+    )
+    .await;
+    assert_eq!(same.1["idempotent-replayed"], "true");
+    for other in [
+        "application/json;charset=utf-8",
+        "application/json",
+        "Application/JSON; charset=utf-8",
+    ] {
+        let (status, headers, reply) = send(&app, typed("m9", Some(other), body)).await;
+        expect_problem(status, &headers, &reply, StatusCode::UNPROCESSABLE_ENTITY);
     }
     assert_eq!(runs.get(), 1);
 }
@@ -617,10 +635,13 @@ fn coded(key: &str, coding: Option<&str>, body: &'static [u8]) -> Request<Body> 
 }
 
 /// The content coding says how to read the bytes: the same bytes with and
-/// without `Content-Encoding: gzip` are different requests; `x-gzip` is
-/// `gzip` (RFC 9110 §8.4.1). A body compressed again by a retrying client
-/// has other bytes, so it is 422 unless a decompression layer sits in
-/// front of this one (the README says where).
+/// without `Content-Encoding: gzip` are different requests. Other
+/// spellings of a coding (`X-GZIP`, `x-gzip`, `identity, gzip`) are other
+/// requests too: decoders differ on them (tower-http's matches exact
+/// lower-case names and answers 415 to the rest), so a stored 415 must not
+/// answer the corrected spelling. A body compressed again by a retrying
+/// client has other bytes, so it is 422 unless a decompression layer sits
+/// in front of this one (the README says where).
 #[tokio::test]
 async fn the_content_coding_is_part_of_the_request() {
     let runs = Runs::default();
@@ -642,11 +663,16 @@ async fn the_content_coding_is_part_of_the_request() {
         send(&app, coded("c1", Some("gzip"), gzip_a)).await.0,
         StatusCode::CREATED
     );
-    let same = send(&app, coded("c1", Some("X-GZIP"), gzip_a)).await;
+    let same = send(&app, coded("c1", Some("gzip"), gzip_a)).await;
     assert_eq!(same.1["idempotent-replayed"], "true");
-    let identity = send(&app, coded("c1", Some("identity, gzip"), gzip_a)).await;
-    assert_eq!(identity.1["idempotent-replayed"], "true");
-    for (coding, body) in [(None, gzip_a), (Some("br"), gzip_a), (Some("gzip"), gzip_b)] {
+    for (coding, body) in [
+        (None, gzip_a),
+        (Some("br"), gzip_a),
+        (Some("gzip"), gzip_b),
+        (Some("GZIP"), gzip_a),
+        (Some("x-gzip"), gzip_a),
+        (Some("identity, gzip"), gzip_a),
+    ] {
         let (status, headers, reply) = send(&app, coded("c1", coding, body)).await;
         expect_problem(status, &headers, &reply, StatusCode::UNPROCESSABLE_ENTITY);
     }
@@ -802,5 +828,62 @@ async fn a_different_payload_while_the_first_runs_is_422_and_the_same_is_409() {
     expect_problem(status, &headers, &body, StatusCode::CONFLICT);
     gate.notify_one();
     assert_eq!(first.await.unwrap().2, "amount=1");
+    assert_eq!(runs.get(), 1);
+}
+
+// ---------------------------------------------------------------------------
+// 4. The request target the client sent, whatever router strips from it.
+
+/// axum's `nest` and `nest_service` strip their prefix (path parameters
+/// included) from the URI before an inner layer sees it: the fingerprint
+/// takes the target the client sent (axum's `OriginalUri`), so the same
+/// key on another account, under two levels of nesting, or with another
+/// query is 422, and the same request still replays.
+#[tokio::test]
+async fn the_same_key_on_another_nested_resource_is_422_at_any_depth() {
+    let runs = Runs::default();
+    let withdraw = {
+        let runs = runs.clone();
+        Router::new()
+            .route(
+                "/withdraw",
+                post(move || async move {
+                    runs.next();
+                    StatusCode::CREATED
+                }),
+            )
+            .layer(layer())
+    };
+    let app = Router::new()
+        .nest(
+            "/v1",
+            Router::new().nest("/accounts/{id}", withdraw.clone()),
+        )
+        .nest_service("/v2/accounts/{id}", withdraw);
+    let first = send(
+        &app,
+        post_to("/v1/accounts/1/withdraw?x=1", "n")
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(first.0, StatusCode::CREATED);
+    let replay = send(
+        &app,
+        post_to("/v1/accounts/1/withdraw?x=1", "n")
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(replay.1["idempotent-replayed"], "true");
+    for other in [
+        "/v1/accounts/2/withdraw?x=1",
+        "/v1/accounts/1/withdraw?x=2",
+        "/v2/accounts/1/withdraw?x=1",
+    ] {
+        let (status, headers, reply) =
+            send(&app, post_to(other, "n").body(Body::empty()).unwrap()).await;
+        expect_problem(status, &headers, &reply, StatusCode::UNPROCESSABLE_ENTITY);
+    }
     assert_eq!(runs.get(), 1);
 }

@@ -6,13 +6,13 @@ use std::time::{Duration, Instant};
 
 use axum::extract::{Request, State as AxumState};
 use axum::http::request::Parts;
-use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::http::{header, HeaderName, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Extension;
 use axum::Router;
-use idem::http::{ClaimedKey, IdempotencyLayer};
+use idem::http::{ClaimedKey, Drain, IdempotencyLayer};
 use idem::inbox::Delivery;
 use idem::keys::Scope;
 use idem::prelude::*;
@@ -36,9 +36,6 @@ pub const ANONYMOUS: &str = "anonymous";
 /// `applied` (this call moved it) or `already_applied` (a duplicate).
 pub const TRANSITION_OUTCOME: HeaderName = HeaderName::from_static("transition-outcome");
 
-/// The header carrying an idempotency key.
-pub const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
-
 /// How long a request holds its idempotency key (handlers take
 /// milliseconds).
 pub const KEY_LEASE: Duration = Duration::from_secs(10);
@@ -58,32 +55,47 @@ impl From<StoreError> for ApiError {
     }
 }
 
+/// The idempotency scope's operation: one for the whole API.
+const OPERATION: &str = "invoicing";
+
+/// The longest `X-Client-Id`, in bytes: what `invoices.client_id` holds
+/// on every backend (`VARBINARY(512)` on MySQL/MariaDB, `TEXT` elsewhere),
+/// and more than any client a [`Scope`] takes (client and operation
+/// together are at most [`Scope::MAX_LEN`] bytes).
+pub const MAX_CLIENT_ID_LEN: usize = 512;
+
 /// The idempotency scope of a request: its client (`X-Client-Id`, or
 /// `anonymous`), for the whole API, so a key reused on another endpoint is
-/// a reused key (422). A client id that is not visible ASCII is refused
-/// (400).
+/// a reused key (422). Refused (400): a client id that is not visible
+/// ASCII, longer than a scope takes, or sent more than once (the server
+/// would have to pick one of them: a client could pick another's).
 fn scope(parts: &Parts) -> Option<Scope> {
-    let client = match parts.headers.get(CLIENT_ID) {
-        None => ANONYMOUS,
-        Some(value) => match value.to_str().ok()? {
+    let mut values = parts.headers.get_all(CLIENT_ID).iter();
+    let client = match (values.next(), values.next()) {
+        (None, _) => ANONYMOUS,
+        (Some(_), Some(_)) => return None,
+        (Some(value), None) => match value.to_str().ok()? {
             "" => ANONYMOUS,
+            client if client.len() > MAX_CLIENT_ID_LEN => return None,
             client => client,
         },
     };
-    Scope::new(client, "invoicing").ok()
+    Scope::new(client, OPERATION).ok()
 }
 
-/// The service's routes.
-pub fn router(app: App) -> Router {
+/// The service's routes, and the handle that waits for the idempotent
+/// requests still running on the layer's tasks (see [`Drain`]).
+pub fn router(app: App) -> (Router, Drain) {
     // Every handler here is idempotent on its own (the state guard, the
     // unique request key), so a lease taken over while the first run is
     // still going cannot pay or create twice: a short lease only shortens
     // how long retries wait after a run died before storing its response.
     let keys = IdempotencyLayer::new(app.keys.clone(), scope).lease(KEY_LEASE);
+    let drain = keys.drain();
     // The transitions are idempotent by state already: a key is optional
     // there and, when sent, adds replays and reuse checks.
     let optional = keys.clone().require_key(false);
-    Router::new()
+    let router = Router::new()
         .route("/diagram", get(diagram))
         .route("/invoices", post(create_invoice).layer(keys))
         .route("/invoices/{id}", get(get_invoice))
@@ -97,7 +109,8 @@ pub fn router(app: App) -> Router {
         .fallback(unknown_route)
         .method_not_allowed_fallback(wrong_method)
         .layer(middleware::from_fn(log_request))
-        .with_state(app)
+        .with_state(app);
+    (router, drain)
 }
 
 /// Logs each request at debug level (`RUST_LOG=invoicing=debug`).
@@ -250,22 +263,20 @@ async fn check_amount(app: &App, id: i64, amount_cents: i64) -> Result<(), ApiEr
 /// `POST /invoices/{id}/pay`: the payment row is written by the `pay`
 /// transition's handler, in its transaction, only when this call moved the
 /// invoice — so requests with different keys, or none, still pay once.
+/// The payment's reference is the key the idempotency layer claimed (the
+/// header unquoted, as the layer reads it), never the raw header.
 async fn pay(
     AxumState(app): AxumState<App>,
     Path(id): Path<i64>,
-    headers: HeaderMap,
+    claimed: Option<Extension<ClaimedKey>>,
     Json(request): Json<PayRequest>,
 ) -> Result<Response, ApiError> {
     request.validate()?;
     check_amount(&app, id, request.amount_cents).await?;
-    let reference = headers
-        .get(IDEMPOTENCY_KEY)
-        .and_then(|value| value.to_str().ok())
-        .map(str::to_owned);
     let payment = RecordPayment {
         amount_cents: request.amount_cents,
         source: PaymentSource::Api,
-        reference,
+        reference: claimed.map(|Extension(claimed)| claimed.key.as_str().to_owned()),
     };
     let outcome = app.repo.pay(id, &payment).await?;
     settled(&app, id, InvoiceStatus::pay(), outcome).await
@@ -314,7 +325,7 @@ async fn event(
         payment: RecordPayment {
             amount_cents: event.amount_cents,
             source: PaymentSource::Event,
-            reference: Some(event.id.clone()),
+            reference: Some(event_id.as_str().to_owned()),
         },
     };
     let delivery = app
@@ -342,4 +353,18 @@ async fn event(
         transition,
         invoice: load(&app, id).await?,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_client_a_scope_takes_fits_the_client_id_column() {
+        let longest = (1..=Scope::MAX_LEN)
+            .rev()
+            .find(|len| Scope::new("c".repeat(*len), OPERATION).is_ok())
+            .unwrap();
+        assert!(longest <= MAX_CLIENT_ID_LEN, "{longest}");
+    }
 }

@@ -168,6 +168,15 @@ impl NewInvoice {
                 format!("must be at most {MAX_CUSTOMER_LEN} characters"),
             ));
         }
+        // PostgreSQL's text cannot hold U+0000 at all, and no backend
+        // should keep a line break or an escape sequence in a name: the
+        // same refusal on every backend.
+        if customer.chars().any(char::is_control) {
+            return Err(invalid(
+                "customer",
+                "must not contain control characters (U+0000 to U+001F, U+007F to U+009F)",
+            ));
+        }
         positive("amount_cents", self.amount_cents)?;
         if !CURRENCIES.contains(&self.currency.as_str()) {
             return Err(invalid(
@@ -253,6 +262,29 @@ mod tests {
             new_invoice("  ", 5, "EUR").validate().unwrap_err().field,
             "customer"
         );
+    }
+
+    #[test]
+    fn control_characters_in_a_name_are_refused_and_other_characters_are_not() {
+        for name in [
+            "AC\u{0}ME",
+            "AC\nME",
+            "AC\tME",
+            "AC\u{1b}[31mME",
+            "AC\u{7f}ME",
+            "AC\u{85}ME",
+        ] {
+            let error = new_invoice(name, 5, "EUR").validate().unwrap_err();
+            assert_eq!(error.field, "customer", "{name:?}");
+        }
+        for name in [
+            "Ærøskøbing Æble",
+            "株式会社",
+            "\u{1f600} Smile",
+            "O'Brien & \"Sons\" \\ Co",
+        ] {
+            assert_eq!(new_invoice(name, 5, "EUR").validate(), Ok(()), "{name:?}");
+        }
     }
 
     #[test]

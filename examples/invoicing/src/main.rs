@@ -132,9 +132,23 @@ async fn serve(args: ServeArgs) -> Result<ExitCode, AnyError> {
     let address = listener.local_addr()?;
     tracing::info!(%address, backend, "serving the invoicing API");
     println!("invoicing listening on http://{address}");
-    axum::serve(listener, api::router(app))
+    let (router, drain) = api::router(app);
+    axum::serve(listener, router)
         .with_graceful_shutdown(shutdown())
         .await?;
+    // The connections are closed, but an idempotent request whose client
+    // hung up may still run on the layer's task: let it store its
+    // response (at most one lease: after that its key is taken over
+    // anyway).
+    if tokio::time::timeout(api::KEY_LEASE, drain.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            running = drain.running(),
+            "idempotent requests still running one lease after the shutdown began: leaving them"
+        );
+    }
     purger.abort();
     tracing::info!("shut down");
     Ok(ExitCode::SUCCESS)
@@ -163,7 +177,8 @@ async fn purge_every(period: Duration, repo: Arc<dyn Repository>, keys: Keys) {
     }
 }
 
-/// Resolves on Ctrl-C or SIGTERM: in-flight requests finish, new
+/// Resolves on Ctrl-C or SIGTERM: in-flight requests finish (and, after
+/// the server stopped, the idempotent ones whose client hung up), new
 /// connections are refused.
 async fn shutdown() {
     let ctrl_c = async {

@@ -8,41 +8,7 @@ mod support;
 use std::collections::BTreeMap;
 
 use serde_json::{json, Value};
-use support::{Api, Db, Server};
-
-/// Instantiates each scenario once per backend.
-macro_rules! on_every_backend {
-    ($($scenario:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $scenario() {
-                    super::$scenario(super::Db::sqlite()).await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $scenario() {
-                    if let Some(db) = super::Db::postgres().await {
-                        super::$scenario(db).await;
-                    }
-                }
-            )*
-        }
-        mod mysql {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $scenario() {
-                    if let Some(db) = super::Db::mysql().await {
-                        super::$scenario(db).await;
-                    }
-                }
-            )*
-        }
-    };
-}
+use support::{on_every_backend, Api, Db, Server};
 
 on_every_backend!(
     creating_an_invoice_needs_a_key_and_a_retry_returns_the_same_invoice,

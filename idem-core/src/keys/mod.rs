@@ -81,7 +81,7 @@ pub use fingerprint::{Fingerprint, RequestFingerprint};
 pub use key::IdempotencyKey;
 pub use memory::MemoryStore;
 pub use policy::ResponsePolicy;
-pub use response::StoredResponse;
+pub use response::{StoredResponse, TRAILER_PREFIX};
 pub use scope::Scope;
 pub use store::{Claim, Completion, KeyStore, Lease};
 

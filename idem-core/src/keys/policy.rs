@@ -15,6 +15,7 @@
 /// | 412 Precondition Failed, 428 Precondition Required | the client fetches the current version and retries with another `If-Match` (not part of the fingerprint) |
 /// | 423 Locked, 425 Too Early | retry later |
 /// | 429 Too Many Requests | a rate limit: retry later |
+/// | 499 Client Closed Request (nginx's; gRPC's `CANCELLED`) | the call was cut short before it finished |
 ///
 /// Caching one of those would answer every retry of the key with the stale
 /// refusal until the record expires (24 h), although the retry is valid.
@@ -28,6 +29,22 @@
 /// A run that answered a non-final status must not have done its effect
 /// (that is what the status says); handlers that act and then answer 409
 /// should answer 200 with the outcome instead.
+///
+/// # gRPC
+///
+/// A gRPC call answers HTTP 200 and puts its outcome in `grpc-status` (in
+/// the trailers, or in the headers of a trailers-only answer).
+/// `idem_http` hands the policy the HTTP status Google's `google.rpc.Code`
+/// names for that code, so one policy serves both: `OK` 200,
+/// `CANCELLED` 499, `UNKNOWN` 500, `INVALID_ARGUMENT` 400,
+/// `DEADLINE_EXCEEDED` 504, `NOT_FOUND` 404, `ALREADY_EXISTS` 409,
+/// `PERMISSION_DENIED` 403, `RESOURCE_EXHAUSTED` 429,
+/// `FAILED_PRECONDITION` 400, `ABORTED` 409, `OUT_OF_RANGE` 400,
+/// `UNIMPLEMENTED` 501, `INTERNAL` 500, `UNAVAILABLE` 503, `DATA_LOSS` 500,
+/// `UNAUTHENTICATED` 401. With the default, `UNAVAILABLE`,
+/// `RESOURCE_EXHAUSTED`, `ABORTED`, `DEADLINE_EXCEEDED`, `CANCELLED`,
+/// `ALREADY_EXISTS`, `UNAUTHENTICATED` and the server errors release the
+/// key; the other codes are final.
 ///
 /// ```
 /// use idem_core::keys::ResponsePolicy;
@@ -65,7 +82,7 @@ impl ResponsePolicy {
 
 /// The 4xx statuses the default policy does not store (see
 /// [`ResponsePolicy`]).
-const RETRYABLE_CLIENT_ERRORS: [u16; 9] = [401, 407, 408, 409, 412, 423, 425, 428, 429];
+const RETRYABLE_CLIENT_ERRORS: [u16; 10] = [401, 407, 408, 409, 412, 423, 425, 428, 429, 499];
 
 fn default_is_final(status: u16) -> bool {
     status < 500 && !RETRYABLE_CLIENT_ERRORS.contains(&status)
@@ -90,7 +107,7 @@ mod tests {
             assert!(policy.is_final(status), "{status}");
         }
         for status in [
-            401, 407, 408, 409, 412, 423, 425, 428, 429, 500, 502, 503, 504,
+            401, 407, 408, 409, 412, 423, 425, 428, 429, 499, 500, 502, 503, 504,
         ] {
             assert!(!policy.is_final(status), "{status}");
         }

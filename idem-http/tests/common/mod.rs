@@ -9,6 +9,39 @@ use idem_core::keys::Scope;
 use serde_json::Value;
 use tower::ServiceExt;
 
+/// Counts handler runs.
+#[derive(Clone, Default)]
+pub struct Runs(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+impl Runs {
+    /// Counts a run; returns its number (from 1).
+    pub fn next(&self) -> usize {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1
+    }
+
+    /// How many runs so far.
+    pub fn get(&self) -> usize {
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// An endless stream of server-sent events, one every 50 ms; `produced`
+/// counts those made.
+pub fn ticks(produced: std::sync::Arc<std::sync::atomic::AtomicUsize>) -> Body {
+    let events = futures::stream::unfold((), move |()| {
+        let produced = std::sync::Arc::clone(&produced);
+        async move {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            produced.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Some((
+                Ok::<_, std::convert::Infallible>(Bytes::from_static(b"data: tick\n\n")),
+                (),
+            ))
+        }
+    });
+    Body::from_stream(events)
+}
+
 /// The scope of a request: its `x-client-id` header, one operation.
 pub fn client_scope(parts: &axum::http::request::Parts) -> Option<Scope> {
     let client = parts.headers.get("x-client-id")?.to_str().ok()?;

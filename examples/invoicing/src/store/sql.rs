@@ -79,7 +79,9 @@ pub const POSTGRES: Queries = Queries {
 /// MySQL 8 and MariaDB 10.6+ (sqlx sets the session time zone to UTC).
 ///
 /// The identifiers a client sends (its id, its request keys) are
-/// `VARBINARY`: compared byte for byte. In a text column the default
+/// `VARBINARY`: compared byte for byte, and as long as the service takes
+/// them (`client_id` holds [`MAX_CLIENT_ID_LEN`](crate::api::MAX_CLIENT_ID_LEN)
+/// bytes, `request_key` the 255 of an idempotency key). In a text column the default
 /// collation would make `acme` and `ACME` one client (`_ci`), and even a
 /// binary collation ignores trailing spaces: a request of one client would
 /// find the invoice another created.
@@ -87,7 +89,7 @@ pub const MYSQL: Queries = Queries {
     schema: &[
         "CREATE TABLE IF NOT EXISTS invoices (
             id BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY,
-            client_id VARBINARY(255) NOT NULL,
+            client_id VARBINARY(512) NOT NULL,
             request_key VARBINARY(255) NOT NULL,
             customer VARCHAR(255) NOT NULL,
             amount_cents BIGINT NOT NULL CHECK (amount_cents > 0),

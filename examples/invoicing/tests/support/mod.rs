@@ -7,7 +7,7 @@
 //! creates its own database `idem_app_<pid>_<n>` and drops it at the end
 //! (leftovers of dead test processes are dropped on the next run). With
 //! `CI` set, a missing URL fails the test instead of skipping the backend.
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports, unused_macros)]
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
@@ -232,6 +232,31 @@ impl Db {
         }
     }
 
+    /// Locks the `invoices` table from a connection of its own, so that
+    /// the server's writes to it wait (on SQLite the whole database: its
+    /// claims wait too), until [`TableLock::release`].
+    pub async fn lock_invoices(&self) -> TableLock {
+        match self.backend {
+            Backend::Sqlite => {
+                let mut conn = SqliteConnection::connect(&self.url).await.unwrap();
+                conn.execute("BEGIN EXCLUSIVE").await.unwrap();
+                TableLock::Sqlite(conn)
+            }
+            Backend::Postgres => {
+                let mut conn = PgConnection::connect(&self.url).await.unwrap();
+                conn.execute("BEGIN; LOCK TABLE invoices IN ACCESS EXCLUSIVE MODE")
+                    .await
+                    .unwrap();
+                TableLock::Postgres(conn)
+            }
+            Backend::Mysql => {
+                let mut conn = MySqlConnection::connect(&self.url).await.unwrap();
+                conn.execute("LOCK TABLES invoices WRITE").await.unwrap();
+                TableLock::Mysql(conn)
+            }
+        }
+    }
+
     /// Rows in `table`, counted in the database.
     pub async fn count(&self, table: &str) -> i64 {
         let sql = format!("SELECT COUNT(*), COUNT(*) FROM {table}");
@@ -248,6 +273,27 @@ impl Db {
         .await
         .into_iter()
         .collect()
+    }
+}
+
+/// A lock on `invoices` held by a connection of the test's.
+pub enum TableLock {
+    /// `BEGIN EXCLUSIVE`.
+    Sqlite(SqliteConnection),
+    /// `LOCK TABLE ... IN ACCESS EXCLUSIVE MODE` in a transaction.
+    Postgres(PgConnection),
+    /// `LOCK TABLES ... WRITE`.
+    Mysql(MySqlConnection),
+}
+
+impl TableLock {
+    /// Lets the waiting writers in.
+    pub async fn release(self) {
+        match self {
+            TableLock::Sqlite(mut conn) => conn.execute("COMMIT").await.map(drop).unwrap(),
+            TableLock::Postgres(mut conn) => conn.execute("COMMIT").await.map(drop).unwrap(),
+            TableLock::Mysql(mut conn) => conn.execute("UNLOCK TABLES").await.map(drop).unwrap(),
+        }
     }
 }
 
@@ -565,3 +611,39 @@ pub async fn storm(
         .unwrap_or_else(|e| panic!("the storm printed no JSON report ({e}): {stdout}"));
     (output.status.success(), report)
 }
+
+/// Instantiates each scenario (an `async fn(Db)` beside the invocation)
+/// once per backend: `sqlite`, `postgres` and `mysql` modules of tests.
+macro_rules! on_every_backend {
+    ($($scenario:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $scenario() {
+                    super::$scenario(super::Db::sqlite()).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $scenario() {
+                    if let Some(db) = super::Db::postgres().await {
+                        super::$scenario(db).await;
+                    }
+                }
+            )*
+        }
+        mod mysql {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $scenario() {
+                    if let Some(db) = super::Db::mysql().await {
+                        super::$scenario(db).await;
+                    }
+                }
+            )*
+        }
+    };
+}
+pub(crate) use on_every_backend;
